@@ -1,0 +1,109 @@
+"""The one storage interface. Backends: ``sqlite.py`` (embedded default), PostgreSQL later.
+
+Invariants every backend keeps (and the contract tests in tests/store check):
+* ``commit_message`` returns only after the body blob and the envelope with all recipient
+  rows are durable (fsync'd). Only then may the SMTP layer answer 250.
+* A message is visible to ``claim_due`` only when committed; a half-written blob from a
+  crash is never visible and ``recover()`` removes it.
+* Recipient state changes are recorded per recipient; a message whose recipients are all
+  final is complete and its blob may be removed.
+* Directory lookups (domains, mailboxes, aliases) compare case-insensitively.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from ..queue.model import DeliveryResult, Envelope, QueuedMessage, RecipientState
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    address: str           # "user@domain", lower-cased
+    password_hash: str     # "scrypt$..." or "" for no login
+    quota_bytes: int = 0   # 0 = unlimited
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    source: str            # "user@domain" or "@domain" (catch-all), lower-cased
+    targets: tuple[str, ...]
+
+
+class BlobWriter(Protocol):
+    """A body being received. ``write`` may be called many times; nothing is durable
+    until the owning store's ``commit_message``. ``abort`` removes the partial file."""
+
+    def write(self, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+    @property
+    def size(self) -> int: ...
+
+
+class Store(Protocol):
+    # --- lifecycle
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def recover(self) -> int:
+        """Remove half-written blobs and orphan rows from a crash; return how many removed."""
+
+    # --- intake
+    def new_blob(self) -> BlobWriter: ...
+    async def commit_message(self, envelope: Envelope, blob: BlobWriter) -> str:
+        """Durably commit body + envelope + recipients (group commit); return the queue id."""
+
+    # --- queue
+    async def claim_due(self, now: float, limit: int, owner: str, lease_seconds: float
+                        ) -> list[QueuedMessage]:
+        """Messages with at least one QUEUED recipient whose next_attempt_at <= now,
+        leased to ``owner`` (only their due recipients included)."""
+    async def record_results(self, queue_id: str, results: Sequence[DeliveryResult],
+                             now: float, next_attempt_at: float | None) -> None:
+        """Record attempts; ok → DELIVERED, permanent → FAILED, else stays QUEUED with
+        attempts+1 and next_attempt_at. Releases the lease. Removes the blob when all final."""
+    async def next_due_time(self) -> float | None: ...
+    def read_body(self, message: QueuedMessage) -> bytes: ...
+    def body_path(self, message: QueuedMessage) -> str: ...
+    async def list_messages(self, state: RecipientState | None = None, limit: int = 1000
+                            ) -> list[QueuedMessage]: ...
+    async def get_message(self, queue_id: str) -> QueuedMessage | None: ...
+
+    # --- directory
+    async def add_domain(self, domain: str) -> None: ...
+    async def remove_domain(self, domain: str) -> bool: ...
+    async def list_domains(self) -> list[str]: ...
+    async def add_mailbox(self, address: str, password_hash: str, quota_bytes: int = 0) -> None: ...
+    async def set_password(self, address: str, password_hash: str) -> bool: ...
+    async def remove_mailbox(self, address: str) -> bool: ...
+    async def list_mailboxes(self, domain: str | None = None) -> list[Mailbox]: ...
+    async def get_mailbox(self, address: str) -> Mailbox | None: ...
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None: ...
+    async def remove_alias(self, source: str) -> bool: ...
+    async def list_aliases(self) -> list[Alias]: ...
+    async def directory_snapshot(self) -> "DirectorySnapshot":
+        """Domains, mailboxes and aliases in one consistent read, for the in-memory
+        recipient resolver (routing/) that answers RCPT without touching the store."""
+    async def directory_version(self) -> int:
+        """Changes whenever domains/mailboxes/aliases change (cheap to poll)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    version: int
+    domains: frozenset[str]
+    mailboxes: frozenset[str]
+    aliases: dict[str, tuple[str, ...]]
+    quotas: dict[str, int]
+
+
+class StoreError(Exception):
+    """A backend failure. The SMTP layer answers 451 4.3.0 and keeps serving."""
+
+
+class DuplicateError(StoreError):
+    """Adding something that exists."""
+
+
+class NotFoundError(StoreError):
+    """Operating on something that does not exist (e.g. a mailbox in an unknown domain)."""
