@@ -87,6 +87,16 @@ class Store(Protocol):
     async def directory_version(self) -> int:
         """Changes whenever domains/mailboxes/aliases change (cheap to poll)."""
 
+    # --- operations (added with the SQLite backend)
+    async def hold(self, queue_id: str) -> int:
+        """QUEUED recipients of the message → HELD; returns how many changed."""
+    async def release(self, queue_id: str, now: float | None = None) -> int:
+        """HELD recipients → QUEUED, due at ``now`` at the latest; returns how many."""
+    async def delete_message(self, queue_id: str) -> bool:
+        """Remove the message, its recipients, history and body; False if unknown."""
+    async def list_attempts(self, queue_id: str) -> list["AttemptRecord"]:
+        """Every recorded delivery attempt of the message, oldest first."""
+
 
 @dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
@@ -95,6 +105,33 @@ class DirectorySnapshot:
     mailboxes: frozenset[str]
     aliases: dict[str, tuple[str, ...]]
     quotas: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One delivery attempt for one recipient, as recorded by ``record_results``."""
+    recipient_id: int
+    address: str
+    at: float
+    ok: bool
+    permanent: bool
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What ``recover()`` found (``recover`` returns ``total``; backends keep the last
+    report as ``last_recovery``)."""
+    tmp_files: int = 0          # half-written bodies removed
+    missing_blobs: int = 0      # message rows whose body was missing (removed; should be 0)
+    orphan_blobs: int = 0       # bodies without a message row (crash before the DB commit)
+    leases_cleared: int = 0
+    exclusive: bool = True      # False: other processes had the store open; only old
+                                # leftovers were removed
+
+    @property
+    def total(self) -> int:
+        return self.tmp_files + self.missing_blobs + self.orphan_blobs
 
 
 class StoreError(Exception):

@@ -1,0 +1,273 @@
+"""The server process: wiring from settings to running listeners, workers and queue manager.
+
+Process model (``workers = N``): the primary process binds every listening socket, runs one
+intake event loop *and* the queue manager; N-1 intake workers are started as fresh
+interpreters (``python -m mailwright.app --worker``) that inherit the listening sockets and
+accept on them too (the kernel spreads connections). Workers commit to the same store and
+wake the primary's queue manager through a pipe after each commit. A worker that dies is
+restarted; workers exit when the primary goes away.
+
+Start-up order: data directory, TLS material (self-signed on first start), store migration
+and crash recovery (half-written bodies removed, committed messages resume), local domains
+and the postmaster mailbox seeded, then listeners.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import logs
+from .config.settings import Settings, load_settings
+from .net.intake import IntakeServer, Limits, ListenerSpec, bind_listener
+from .net.tls import ensure_self_signed, server_context
+from .routing.directory import Directory
+from .routing.router import Router
+
+log = logging.getLogger("mailwright.server")
+
+
+def _listener_specs(settings: Settings) -> list[ListenerSpec]:
+    return [ListenerSpec(name=l.name, address=l.address, port=l.port, role=l.role, tls=l.tls)
+            for l in settings.listeners]
+
+
+def _limits(settings: Settings) -> Limits:
+    l = settings.limits
+    return Limits(max_message_size=l.max_message_size, max_recipients=l.max_recipients,
+                  max_line_length=l.max_line_length, max_errors=l.max_errors,
+                  max_connections=l.max_connections,
+                  max_connections_per_ip=l.max_connections_per_ip,
+                  command_timeout=float(l.command_timeout), data_timeout=float(l.data_timeout))
+
+
+def _open_store(settings: Settings):
+    from .store import open_store
+    paths = settings.paths
+    return open_store(settings.store.backend, path=str(paths.store_db),
+                      blob_dir=str(paths.blob_dir))
+
+
+def primary_domain(settings: Settings) -> str:
+    domains = settings.local_domains or ("localhost",)
+    return settings.hostname if settings.hostname in domains else domains[0]
+
+
+async def prepare(settings: Settings) -> None:
+    """Everything that must happen once before any listener accepts mail."""
+    paths = settings.paths
+    for d in (paths.data_dir, paths.blob_dir, paths.maildir_root):
+        os.makedirs(d, exist_ok=True)
+    if not settings.tls.cert_file and ensure_self_signed(str(paths.tls_cert), str(paths.tls_key),
+                                                         settings.hostname):
+        log.info("created a self-signed certificate for %s in %s", settings.hostname,
+                 paths.tls_dir)
+    store = _open_store(settings)
+    await store.open()
+    try:
+        removed = await store.recover()
+        if removed:
+            log.warning("crash recovery removed %s half-written item(s)", removed)
+        existing = set(await store.list_domains())
+        for domain in settings.local_domains or ():
+            if domain.lower() not in existing:
+                await store.add_domain(domain)
+        postmaster = f"postmaster@{primary_domain(settings)}"
+        if await store.get_mailbox(postmaster) is None:
+            aliases = {a.source for a in await store.list_aliases()}
+            if postmaster not in aliases:
+                # RFC 5321 §4.5.1: postmaster must always be deliverable.
+                await store.add_mailbox(postmaster, "")
+                log.info("created mailbox %s (RFC 5321 §4.5.1)", postmaster)
+    finally:
+        await store.close()
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency on POSIX
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class Worker:
+    """One event loop: intake on the given sockets, plus the queue manager when primary."""
+
+    def __init__(self, settings: Settings, sockets: list[tuple[ListenerSpec, socket.socket]],
+                 *, primary: bool, wake_fd: int | None, config_path: str | None,
+                 wake_write_fd: int | None = None) -> None:
+        self.settings = settings
+        self.wake_write_fd = wake_write_fd   # primary: handed to the workers it spawns
+        self.sockets = sockets
+        self.primary = primary
+        self.wake_fd = wake_fd
+        self.config_path = config_path
+        self.stopping = asyncio.Event()
+        self.children: dict[int, subprocess.Popen] = {}
+
+    async def run(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        paths = settings.paths
+        store = _open_store(settings)
+        await store.open()
+        snapshot = await store.directory_snapshot()
+        directory = Directory(snapshot, primary_domain(settings))
+        ssl_context = server_context(str(paths.tls_cert), str(paths.tls_key),
+                                     settings.tls.min_version)
+        manager = None
+        if self.primary:
+            manager = self._queue_manager(store, lambda: intake.directory)
+        intake = IntakeServer(hostname=settings.hostname, store=store, directory=directory,
+                              limits=_limits(settings), ssl_context=ssl_context,
+                              trusted_networks=settings.relay.trusted_networks,
+                              on_commit=self._on_commit(manager))
+        await intake.start(self.sockets)
+        tasks = []
+        if manager is not None:
+            tasks.append(loop.create_task(manager.run()))
+            if self.wake_fd is not None:
+                loop.add_reader(self.wake_fd, self._drain, manager)
+            tasks.append(loop.create_task(self._supervise_workers()))
+        else:
+            tasks.append(loop.create_task(self._watch_parent()))
+        log.info("%s ready: %s", "server" if self.primary else "worker",
+                 ", ".join(f"{s.name}={s.address}:{sock.getsockname()[1]}/{s.tls}"
+                           for s, sock in self.sockets))
+        await self.stopping.wait()
+        log.info("shutting down")
+        await intake.stop()
+        if manager is not None:
+            manager.stop()
+        for child in self.children.values():
+            if child.poll() is None:
+                child.terminate()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for child in self.children.values():
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        await store.close()
+
+    def _queue_manager(self, store, directory_getter):
+        from .delivery.maildir import MaildirAgent
+        from .queue.manager import QueueManager
+        from .queue.retry import RetrySchedule
+        s = self.settings
+        agents = {"maildir": MaildirAgent(str(s.paths.maildir_root), s.hostname,
+                                          s.delivery.fsync, directory=store)}
+        retry = RetrySchedule(first=s.queue.retry_first, factor=s.queue.retry_factor,
+                              max_interval=s.queue.retry_max_interval, max_age=s.queue.max_age)
+        return QueueManager(store, Router(directory_getter), agents, retry,
+                            owner=f"{socket.gethostname()}:{os.getpid()}",
+                            concurrency=s.queue.delivery_concurrency,
+                            lease_seconds=s.queue.lease_seconds)
+
+    def _on_commit(self, manager):
+        if manager is not None:
+            return lambda queue_id: manager.wake()
+        fd = self.wake_fd
+        if fd is None:
+            return None
+
+        def notify(queue_id: str) -> None:
+            try:
+                os.write(fd, b"\x01")
+            except BlockingIOError:
+                pass  # the pipe is full: the primary is already woken
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    self.stopping.set()
+        return notify
+
+    def _drain(self, manager) -> None:
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        manager.wake()
+
+    async def _watch_parent(self) -> None:
+        parent = os.getppid()
+        while True:
+            await asyncio.sleep(1.0)
+            if os.getppid() != parent:
+                log.warning("primary process went away; worker exits")
+                self.stopping.set()
+                return
+
+    async def _supervise_workers(self) -> None:
+        n = self.settings.effective_workers
+        while not self.stopping.is_set():
+            for slot in range(1, n):
+                child = self.children.get(slot)
+                if child is None or child.poll() is not None:
+                    if child is not None:
+                        log.error("worker %s exited with %s; restarting", slot, child.returncode)
+                    self.children[slot] = self._spawn_worker()
+            await asyncio.sleep(1.0)
+
+    def _spawn_worker(self) -> subprocess.Popen:
+        fds = [sock.fileno() for _, sock in self.sockets]
+        args = [sys.executable, "-m", "mailwright.app", "--worker",
+                "--fds", ",".join(map(str, fds)), "--wake-fd", str(self.wake_write_fd)]
+        if self.config_path:
+            args += ["--config", self.config_path]
+        return subprocess.Popen(args, pass_fds=fds + [self.wake_write_fd])
+
+
+def serve(settings: Settings, config_path: str | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT. Returns the exit status."""
+    logs.setup(settings.log.level, settings.log.format, settings.paths.log_file)
+    _install_uvloop()
+    asyncio.run(prepare(settings))
+    specs = _listener_specs(settings)
+    sockets = [(spec, bind_listener(spec)) for spec in specs]
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    worker = Worker(settings, sockets, primary=True, wake_fd=wake_r, config_path=config_path,
+                    wake_write_fd=wake_w)
+    asyncio.run(worker.run())
+    return 0
+
+
+def _worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mailwright-worker")
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--config")
+    parser.add_argument("--fds", required=True)
+    parser.add_argument("--wake-fd", type=int)
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    logs.setup(settings.log.level, settings.log.format, settings.paths.log_file)
+    _install_uvloop()
+    specs = _listener_specs(settings)
+    fds = [int(x) for x in args.fds.split(",")]
+    sockets = []
+    for spec, fd in zip(specs, fds):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sockets.append((spec, sock))
+    worker = Worker(settings, sockets, primary=False, wake_fd=args.wake_fd,
+                    config_path=args.config)
+    asyncio.run(worker.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,165 @@
+"""Intake: the listeners of one process and the state their sessions share.
+
+What: binds (or adopts inherited) listening sockets, counts connections in total and per
+client IP (421 4.7.0 beyond the limits), keeps the in-memory directory snapshot fresh, and
+hands each connection an ``SmtpSession``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Callable
+
+from ..policy.pipeline import Pipeline
+from ..policy.relay import RelayCheck
+from ..routing.directory import Directory
+from ..smtp import catalog
+from ..smtp.replies import Reply
+from ..smtp.server import ServerConfig
+from ..store.base import Store
+from .session import SmtpSession
+
+log = logging.getLogger("mailwright.intake")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    name: str
+    address: str
+    port: int
+    role: str = "mx"          # "mx" (port 25 role); "submission"/"submissions" next issue
+    tls: str = "starttls"     # "starttls" | "implicit" | "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_line_length: int = 2048
+    max_errors: int = 10
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    command_timeout: float = 300.0
+    data_timeout: float = 300.0
+
+
+def bind_listener(spec: ListenerSpec, backlog: int = 1024) -> socket.socket:
+    """Create the listening socket (in the parent, before workers fork)."""
+    family = socket.AF_INET6 if ":" in spec.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((spec.address, spec.port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class IntakeServer:
+    def __init__(self, *, hostname: str, store: Store, directory: Directory,
+                 limits: Limits, ssl_context: ssl.SSLContext | None,
+                 trusted_networks: list[str] | tuple[str, ...] = (),
+                 on_commit: Callable[[str], None] | None = None,
+                 handshake_timeout: float = 30.0) -> None:
+        self.hostname = hostname
+        self.store = store
+        self.directory = directory
+        self.limits = limits
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.relay = RelayCheck(trusted_networks)
+        from ..policy.relay import RecipientCheck
+        self.pipeline = Pipeline(rcpt_checks=[self.relay, RecipientCheck()])
+        self.on_commit = on_commit
+        self.connections = 0
+        self.per_ip: dict[str, int] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+        self._configs: dict[str, ServerConfig] = {}
+        self._refresh_task: asyncio.Task | None = None
+
+    # -- connection accounting
+
+    def register(self, ip: str) -> Reply | None:
+        if self.connections >= self.limits.max_connections:
+            return catalog.TOO_MANY_CONNECTIONS
+        count = self.per_ip.get(ip, 0)
+        if count >= self.limits.max_connections_per_ip:
+            return catalog.TOO_MANY_CONNECTIONS_FROM_IP
+        self.connections += 1
+        self.per_ip[ip] = count + 1
+        return None
+
+    def unregister(self, ip: str) -> None:
+        self.connections -= 1
+        count = self.per_ip.get(ip, 0) - 1
+        if count <= 0:
+            self.per_ip.pop(ip, None)
+        else:
+            self.per_ip[ip] = count
+
+    def is_trusted(self, ip: str) -> bool:
+        return self.relay.is_trusted(ip)
+
+    def server_config(self, spec: ListenerSpec) -> ServerConfig:
+        config = self._configs.get(spec.name)
+        if config is None:
+            lim = self.limits
+            config = ServerConfig(
+                hostname=self.hostname,
+                max_message_size=lim.max_message_size,
+                max_recipients=lim.max_recipients,
+                max_line_length=lim.max_line_length,
+                max_errors=lim.max_errors,
+                command_timeout=lim.command_timeout,
+                data_timeout=lim.data_timeout,
+                tls_available=self.ssl_context is not None and spec.tls == "starttls",
+                tls_active=spec.tls == "implicit",
+            )
+            self._configs[spec.name] = config
+        return config
+
+    def message_committed(self, queue_id: str) -> None:
+        if self.on_commit is not None:
+            self.on_commit(queue_id)
+
+    # -- lifecycle
+
+    async def start(self, listeners: list[tuple[ListenerSpec, socket.socket]]) -> None:
+        loop = asyncio.get_running_loop()
+        for spec, sock in listeners:
+            ctx = self.ssl_context if spec.tls == "implicit" else None
+            server = await loop.create_server(lambda spec=spec: SmtpSession(self, spec),
+                                              sock=sock, ssl=ctx,
+                                              ssl_handshake_timeout=self.handshake_timeout
+                                              if ctx else None)
+            self._servers.append(server)
+        self._refresh_task = loop.create_task(self._refresh_directory())
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 5.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+    async def _refresh_directory(self, interval: float = 1.0) -> None:
+        """Reload the snapshot when the store says the directory changed (any process)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                version = await self.store.directory_version()
+                if version != self.directory.version:
+                    snapshot = await self.store.directory_snapshot()
+                    self.directory = Directory(snapshot, self.directory.primary_domain)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("directory refresh failed; keeping the previous snapshot")

@@ -1,0 +1,378 @@
+"""The asyncio driver of one SMTP server session: the only glue between a socket and the core.
+
+What: an ``asyncio.Protocol`` that feeds received bytes to ``smtp.server.ServerConnection``,
+answers its events through the policy pipeline, streams the body into a store blob, commits
+at end of data and only then sends 250 (GUIDE idea 5), and performs STARTTLS.
+
+How: the core is pumped synchronously from ``data_received``; a step that must wait (a commit,
+an asynchronous policy check, the TLS handshake) marks the session busy and pauses reading, so
+replies still leave in command order (RFC 2920) and a pipelining client cannot run ahead.
+
+Invariants: nothing in here formats protocol text; every reply comes from ``smtp.catalog`` or
+a policy verdict. An exception in this module never reaches the peer: it becomes a 451 4.3.0
+and is logged with the session id.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from ..policy.context import SessionInfo, TransactionInfo
+from ..policy.verdict import Action, Verdict
+from ..queue.model import Envelope, RecipientRequest
+from ..routing.directory import Kind
+from ..smtp import catalog
+from ..smtp import events as ev
+from ..smtp.server import ServerConnection
+from ..store.base import StoreError
+from .tls import describe
+
+if TYPE_CHECKING:
+    from .intake import IntakeServer, ListenerSpec
+
+log = logging.getLogger("mailwright.smtpd")
+
+_session_counter = 0
+
+
+def _new_session_id() -> str:
+    global _session_counter
+    _session_counter += 1
+    return f"{os.getpid():x}.{_session_counter:x}"
+
+
+class SmtpSession(asyncio.Protocol):
+    def __init__(self, server: "IntakeServer", listener: "ListenerSpec") -> None:
+        self.server = server
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection | None = None
+        self.sid = _new_session_id()
+        self.info: SessionInfo | None = None
+        self.txn = TransactionInfo()
+        self._envelope_rcpts: list[RecipientRequest] = []
+        self._rcpt_seen: set[str] = set()
+        self._mail: ev.MailFrom | None = None
+        self._blob = None
+        self._blob_error: OSError | None = None
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._registered = False
+        self._closing = False
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        ip, port = str(peer[0]), int(peer[1]) if len(peer) > 1 else 0
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        refusal = self.server.register(ip)
+        if refusal is not None:
+            transport.write(refusal.to_bytes())
+            transport.close()
+            return
+        self._registered = True
+        self.info = SessionInfo(client_ip=ip, client_port=port, listener=self.listener.name,
+                                role=self.listener.role, trusted=self.server.is_trusted(ip))
+        config = self.server.server_config(self.listener)
+        self.conn = ServerConnection(config, self.loop.time())
+        if self.listener.tls == "implicit":
+            self.info.tls = describe(transport.get_extra_info("ssl_object"))
+        self.conn.greeting()
+        self._flush()
+        self._arm_timer()
+        log.debug("connect sid=%s client=%s:%s listener=%s", self.sid, ip, port,
+                  self.listener.name)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.receive_data(data, self.loop.time())
+        if not self._busy:
+            self._pump()
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None:
+            self.conn.eof_received()
+            if not self._busy:
+                self._pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            # A commit in progress is left to finish: the message may become queued even
+            # though the client never saw the 250 (it will retry: a duplicate, never a loss).
+            pass
+        self._discard_blob()
+        if self._registered:
+            self.server.unregister(self.info.client_ip if self.info else "")
+            self._registered = False
+
+    # ------------------------------------------------------------ pumping the core
+
+    def _flush(self) -> None:
+        if self.conn is None or self.transport is None:
+            return
+        out = self.conn.data_to_send()
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _pump(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        while not self._closing:
+            event = conn.next_event()
+            if event is ev.NEED_DATA or event is ev.PAUSED:
+                self._flush()
+                return
+            try:
+                if self._handle(event):
+                    # An asynchronous step took over; it resumes the pump when done.
+                    self._flush()
+                    return
+            except Exception:
+                log.exception("session %s: internal error handling %s", self.sid,
+                              type(event).__name__)
+                if type(event) in ev.NEEDS_RESPONSE and conn.awaiting_response:
+                    conn.respond(catalog.TEMP_LOCAL_ERROR)
+
+    def _handle(self, event) -> bool:
+        """Handle one event. Returns True when an asynchronous step was started."""
+        conn = self.conn
+        t = type(event)
+        if t is ev.BodyChunk:
+            self._write_body(event.data)
+        elif t is ev.RcptTo:
+            return self._on_rcpt(event)
+        elif t is ev.MailFrom:
+            self._reset_transaction()
+            self._mail = event
+            self.txn.sender = str(event.address)
+            conn.respond(None)
+        elif t is ev.DataStarted:
+            self._discard_blob()
+            self._blob_error = None
+            try:
+                self._blob = self.server.store.new_blob()
+            except OSError as exc:
+                self._blob_error = exc
+        elif t is ev.BodyComplete:
+            self._start(self._commit(event))
+            return True
+        elif t is ev.BodyRejected:
+            self._discard_blob()
+            log.info("reject sid=%s client=%s reason=%s", self.sid, self.info.client_ip,
+                     event.reason)
+        elif t is ev.Hello:
+            self.info.helo = event.hostname
+            conn.respond(None)
+        elif t is ev.TransactionReset:
+            self._reset_transaction()
+        elif t is ev.StartTLS:
+            self._flush()
+            self._start(self._starttls())
+            return True
+        elif t is ev.CloseConnection:
+            self._flush()
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+        return False
+
+    def _start(self, coro) -> None:
+        self._busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._task = self.loop.create_task(coro)
+        self._task.add_done_callback(self._resume)
+
+    def _resume(self, task: asyncio.Task) -> None:
+        self._busy = False
+        self._task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("session %s: asynchronous step failed: %r", self.sid, exc)
+            if self.conn is not None and self.conn.awaiting_response:
+                self.conn.respond(catalog.TEMP_LOCAL_ERROR)
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        self._pump()
+
+    # ------------------------------------------------------------ steps
+
+    def _on_rcpt(self, event: ev.RcptTo) -> bool:
+        directory = self.server.directory
+        addr = event.address
+        resolution = directory.resolve(addr.local, addr.domain)
+        verdict = self.server.pipeline.check_rcpt_sync(self.info, self.txn, addr, resolution)
+        if verdict is None:
+            self._start(self._rcpt_async(event, resolution))
+            return True
+        self._apply_rcpt(event, resolution, verdict)
+        return False
+
+    async def _rcpt_async(self, event: ev.RcptTo, resolution) -> None:
+        verdict = await self.server.pipeline.check_rcpt(self.info, self.txn, event.address,
+                                                        resolution)
+        self._apply_rcpt(event, resolution, verdict)
+
+    def _apply_rcpt(self, event: ev.RcptTo, resolution, verdict: Verdict) -> None:
+        conn = self.conn
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            log.info("reject sid=%s client=%s from=<%s> rcpt=<%s> check=%s reason=%s",
+                     self.sid, self.info.client_ip, self.txn.sender, event.address,
+                     verdict.check, verdict.reason)
+            conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+            return
+        given = str(event.address)
+        if resolution.kind is Kind.REMOTE:
+            targets = (given,)
+        else:
+            targets = resolution.targets
+        orcpt = event.params.orcpt
+        for target in targets:
+            key = target.lower()
+            if key in self._rcpt_seen:
+                continue
+            self._rcpt_seen.add(key)
+            # RFC 3461 §4.2: keep the original recipient for DSNs when we rewrote it.
+            rec_orcpt = orcpt or (f"rfc822;{given}" if target.lower() != given.lower() else None)
+            self._envelope_rcpts.append(RecipientRequest(target, event.params.notify, rec_orcpt))
+        self.txn.recipients.append(given)
+        conn.respond(verdict.reply if verdict.action is Action.ACCEPT else None)
+
+    def _write_body(self, data: bytes) -> None:
+        if self._blob is None or self._blob_error is not None:
+            return
+        try:
+            self._blob.write(data)
+        except OSError as exc:  # disk full, I/O error: answered at end of data
+            self._blob_error = exc
+
+    async def _commit(self, event: ev.BodyComplete) -> None:
+        conn = self.conn
+        blob, self._blob = self._blob, None
+        if blob is None or self._blob_error is not None:
+            if blob is not None:
+                blob.abort()
+            log.error("session %s: body could not be stored: %r", self.sid, self._blob_error)
+            conn.respond(catalog.INSUFFICIENT_STORAGE)
+            self._reset_transaction()
+            return
+        mail = self._mail
+        info = self.info
+        envelope = Envelope(
+            sender=str(mail.address) if mail else "",
+            recipients=list(self._envelope_rcpts),
+            received_at=time.time(),
+            client_ip=info.client_ip,
+            client_port=info.client_port,
+            helo=info.helo,
+            protocol=self._protocol_name(),
+            tls=info.tls,
+            auth_user=info.auth_user,
+            body_type=(mail.params.body or "7BIT") if mail else "7BIT",
+            smtputf8=bool(mail and mail.params.smtputf8),
+            ret=mail.params.ret if mail else None,
+            envid=mail.params.envid if mail else None,
+            size=event.size,
+            listener=self.listener.name,
+        )
+        try:
+            queue_id = await self.server.store.commit_message(envelope, blob)
+        except (StoreError, OSError) as exc:
+            log.error("session %s: commit failed: %r", self.sid, exc)
+            conn.respond(catalog.TEMP_LOCAL_ERROR)
+            self._reset_transaction()
+            return
+        conn.respond(catalog.queued(queue_id))
+        log.info("accepted sid=%s id=%s client=%s from=<%s> rcpts=%d size=%d tls=%s",
+                 self.sid, queue_id, info.client_ip, envelope.sender,
+                 len(envelope.recipients), envelope.size, "yes" if info.tls else "no")
+        self._reset_transaction()
+        self.server.message_committed(queue_id)
+
+    async def _starttls(self) -> None:
+        transport = self.transport
+        try:
+            new_transport = await self.loop.start_tls(
+                transport, self, self.server.ssl_context, server_side=True,
+                ssl_handshake_timeout=self.server.handshake_timeout)
+        except (OSError, ConnectionError, asyncio.TimeoutError, Exception) as exc:
+            log.info("tls handshake failed sid=%s client=%s: %r", self.sid,
+                     self.info.client_ip, exc)
+            self._closing = True
+            if transport is not None:
+                transport.abort()
+            return
+        self.transport = new_transport
+        self.info.tls = describe(new_transport.get_extra_info("ssl_object"))
+        self.info.helo = ""
+        self._reset_transaction()
+        self.conn.tls_established(self.loop.time())
+
+    def _protocol_name(self) -> str:
+        # RFC 3848 "with" keywords.
+        base = "ESMTP" if self.conn.esmtp else "SMTP"
+        if self.info.tls:
+            base += "S"
+        if self.info.auth_user:
+            base += "A"
+        return base
+
+    # ------------------------------------------------------------ helpers
+
+    def _reset_transaction(self) -> None:
+        self._discard_blob()
+        self._mail = None
+        self._envelope_rcpts = []
+        self._rcpt_seen = set()
+        self.txn = TransactionInfo()
+
+    def _discard_blob(self) -> None:
+        if self._blob is not None:
+            try:
+                self._blob.abort()
+            except OSError:
+                pass
+            self._blob = None
+
+    def _arm_timer(self) -> None:
+        if self.conn is None or self._closing:
+            return
+        deadline = self.conn.get_timer()
+        if deadline is None:
+            self._timer = None
+            return
+        # asyncio's loop.time() is the clock the core was given.
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closing or self.conn is None:
+            return
+        now = self.loop.time()
+        deadline = self.conn.get_timer()
+        if deadline is not None and deadline <= now:
+            if self._busy:
+                # A commit or handshake is in progress; its own timeout governs.
+                self._timer = self.loop.call_at(now + 1.0, self._on_timer)
+                return
+            self.conn.handle_timer(now)
+            log.info("timeout sid=%s client=%s", self.sid, self.info.client_ip)
+            self._pump()
+        self._arm_timer()

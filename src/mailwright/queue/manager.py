@@ -1,0 +1,280 @@
+"""The queue manager: claim due messages, route, hand them to agents, record per-recipient results.
+
+What: one asyncio task (``await QueueManager.run()`` until ``stop()``) that moves committed
+mail to its delivery agents. It never talks SQL (the Store does) and never touches files or
+sockets (agents do).
+
+How, per pass (``run_once``):
+1. ``store.claim_due(now, batch, owner, lease_seconds)`` leases messages whose QUEUED
+   recipients are due.
+2. Each due recipient is routed (``router.route(address) -> Route | None``) and grouped by
+   ``Route.transport``; each group is one ``agent.deliver(message, body_path, tasks)`` call.
+   Agent calls across all claimed messages run concurrently, bounded by a semaphore
+   (``concurrency``), each under ``delivery_timeout``.
+3. Results go to ``store.record_results(queue_id, results, now, next_attempt_at)``, which
+   marks ok → DELIVERED, permanent → FAILED, temporary → QUEUED with attempts+1 and
+   ``next_attempt_at`` from the ``RetrySchedule``. When the schedule says the message has
+   expired, the temporary failures are recorded as permanent instead, with the reply
+   ``451 4.4.7 Message expired; last error: <reply>`` (RFC 3463 X.4.7; RFC 3464 reports
+   such a recipient with Action: failed and the 4.4.7 status). FAILED recipients stay in
+   the store for DSN generation (next issue).
+Between passes the loop sleeps until ``store.next_due_time()`` (capped by ``idle_interval``)
+or until ``wake()`` — intake calls it after a commit so local delivery is immediate.
+
+Routing outcomes (``Route.transport`` values the manager interprets itself):
+* router returns ``None``            → temporary ``451 4.4.0 No route to recipient``
+* ``Route(transport="reject", ...)`` → permanent ``550 5.1.1 Mailbox unavailable`` (a local
+  user removed after acceptance)
+* ``Route(transport="defer", ...)``  → temporary ``451 4.4.0 Delivery deferred by routing``
+* router raises                      → temporary ``451 4.3.0``
+* any other transport goes to ``agents[transport]``; none registered → temporary
+  ``451 4.4.0 No outbound transport configured`` ("smtp") or ``451 4.3.5 ...`` (others).
+
+Invariants (GUIDE ideas 4 and 6):
+* Every claimed recipient gets exactly one result per pass: an agent that raises, times
+  out, or omits a recipient yields a temporary failure for it; mail is retried, never lost.
+* The loop never dies of a delivery or store error: it logs, backs off, continues.
+* Results are recorded before the lease can expire: ``delivery_timeout`` defaults to
+  80 % of ``lease_seconds``. Should an abandoned agent still finish after the timeout
+  (a thread cannot be cancelled), agents are idempotent per (queue id, recipient id),
+  so the retry reports the earlier copy instead of writing a second one.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import defaultdict
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+
+from ..delivery.base import DeliveryAgent, DeliveryTask
+from ..queue.model import DeliveryResult, QueuedMessage, QueuedRecipient
+from ..routing.route import Route
+from ..store.base import Store
+from .retry import RetrySchedule
+
+log = logging.getLogger(__name__)
+
+REJECT = "reject"
+DEFER = "defer"
+
+NO_ROUTE_REPLY = "451 4.4.0 No route to recipient"
+REJECT_REPLY = "550 5.1.1 Mailbox unavailable"
+DEFER_REPLY = "451 4.4.0 Delivery deferred by routing"
+ROUTER_ERROR_REPLY = "451 4.3.0 Temporary routing error"
+NO_OUTBOUND_REPLY = "451 4.4.0 No outbound transport configured"
+NO_AGENT_REPLY = "451 4.3.5 No delivery agent configured for this transport"
+AGENT_ERROR_REPLY = "451 4.3.0 Temporary local delivery error"
+AGENT_TIMEOUT_REPLY = "451 4.4.1 Delivery attempt timed out"
+NO_RESULT_REPLY = "451 4.3.0 Delivery agent returned no result"
+EXPIRED_PREFIX = "451 4.4.7 Message expired"
+
+
+class Router(Protocol):
+    def route(self, address: str) -> Route | None | Awaitable[Route | None]: ...
+
+
+def expired_reply(last_reply: str) -> str:
+    return f"{EXPIRED_PREFIX}; last error: {last_reply}" if last_reply else EXPIRED_PREFIX
+
+
+class QueueManager:
+    """See the module docstring. ``owner`` names this process in store leases."""
+
+    def __init__(self, store: Store, router: Router, agents: Mapping[str, DeliveryAgent],
+                 retry: RetrySchedule, owner: str, clock: Callable[[], float] = time.time,
+                 *, batch: int = 50, concurrency: int = 20, lease_seconds: float = 900.0,
+                 delivery_timeout: float | None = None, idle_interval: float = 60.0,
+                 error_backoff: float = 5.0, min_sleep: float = 0.5) -> None:
+        if batch < 1 or concurrency < 1 or lease_seconds <= 0:
+            raise ValueError("batch, concurrency and lease_seconds must be positive")
+        self.store = store
+        self.router = router
+        self.agents = dict(agents)
+        self.retry = retry
+        self.owner = owner
+        self.clock = clock
+        self.batch = batch
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.delivery_timeout = (delivery_timeout if delivery_timeout is not None
+                                 else lease_seconds * 0.8)
+        self.idle_interval = idle_interval
+        self.error_backoff = error_backoff
+        self.min_sleep = min_sleep
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ control
+    def wake(self) -> None:
+        """Ask for a pass now (called by intake after a commit). Safe to call any time."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the current pass, then return from ``run``."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until ``stop()``. Never raises for delivery or store errors."""
+        self._stopping = False
+        while not self._stopping:
+            self._wake.clear()  # wakes during the pass below trigger another pass
+            try:
+                claimed = await self.run_once()
+            except Exception:
+                log.exception("queue pass failed; retrying in %.1fs", self.error_backoff)
+                await self._sleep(self.error_backoff)
+                continue
+            if self._stopping:
+                break
+            if claimed >= self.batch:
+                continue  # probably more due work: no sleep
+            await self._sleep(await self._idle_timeout(claimed))
+
+    async def _idle_timeout(self, claimed: int) -> float:
+        try:
+            due = await self.store.next_due_time()
+        except Exception:
+            log.exception("next_due_time failed")
+            return self.error_backoff
+        if due is None:
+            return self.idle_interval
+        timeout = min(max(due - self.clock(), 0.0), self.idle_interval)
+        if timeout <= 0 and claimed == 0:
+            # Due but nothing claimable (leased by another owner, or clock skew): do not spin.
+            timeout = self.min_sleep
+        return timeout
+
+    async def _sleep(self, timeout: float) -> None:
+        if self._wake.is_set() or timeout <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ one pass
+    async def run_once(self) -> int:
+        """Claim one batch of due messages, deliver and record them. Returns how many
+        messages were claimed. Store errors from claim_due propagate (``run`` backs off)."""
+        now = self.clock()
+        messages = await self.store.claim_due(now, self.batch, self.owner, self.lease_seconds)
+        if messages:
+            await asyncio.gather(*(self._process(m) for m in messages))
+        return len(messages)
+
+    async def _process(self, message: QueuedMessage) -> None:
+        try:
+            results = await self._deliver_message(message)
+        except Exception:  # a bug here must not lose the message: defer everything
+            log.exception("processing %s failed", message.queue_id)
+            results = [self._temp(r, AGENT_ERROR_REPLY) for r in message.recipients]
+        try:
+            await self._record(message, results)
+        except Exception:
+            # The lease expires and the message is claimed again; idempotent agents make
+            # the repeat harmless.
+            log.exception("recording results for %s failed", message.queue_id)
+
+    async def _deliver_message(self, message: QueuedMessage) -> list[DeliveryResult]:
+        results: dict[int, DeliveryResult] = {}
+        groups: dict[str, list[DeliveryTask]] = defaultdict(list)
+        for rcpt in message.recipients:
+            route, failure = await self._route(rcpt)
+            if failure is not None:
+                results[rcpt.id] = failure
+            else:
+                assert route is not None
+                groups[route.transport].append(DeliveryTask(message, rcpt, route))
+        if groups:
+            body_path = self.store.body_path(message)
+            outcomes = await asyncio.gather(
+                *(self._call_agent(message, body_path, transport, tasks)
+                  for transport, tasks in groups.items()))
+            for group_results in outcomes:
+                results.update(group_results)
+        return [results[r.id] for r in message.recipients]
+
+    async def _route(self, rcpt: QueuedRecipient
+                     ) -> tuple[Route | None, DeliveryResult | None]:
+        try:
+            route = self.router.route(rcpt.address)
+            if inspect.isawaitable(route):
+                route = await route
+        except Exception:
+            log.exception("routing %s failed", rcpt.address)
+            return None, self._temp(rcpt, ROUTER_ERROR_REPLY)
+        if route is None:
+            return None, self._temp(rcpt, NO_ROUTE_REPLY)
+        if route.transport == REJECT:
+            return None, DeliveryResult(rcpt.id, ok=False, permanent=True, reply=REJECT_REPLY)
+        if route.transport == DEFER:
+            return None, self._temp(rcpt, DEFER_REPLY)
+        return route, None
+
+    async def _call_agent(self, message: QueuedMessage, body_path: str, transport: str,
+                          tasks: list[DeliveryTask]) -> dict[int, DeliveryResult]:
+        agent = self.agents.get(transport)
+        if agent is None:
+            reply = NO_OUTBOUND_REPLY if transport == "smtp" else NO_AGENT_REPLY
+            log.warning("%s: no agent for transport %r", message.queue_id, transport)
+            return {t.recipient.id: self._temp(t.recipient, reply) for t in tasks}
+        try:
+            async with self._semaphore:
+                returned = await asyncio.wait_for(
+                    agent.deliver(message, body_path, tasks), self.delivery_timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s: %s agent timed out", message.queue_id, transport)
+            return {t.recipient.id: self._temp(t.recipient, AGENT_TIMEOUT_REPLY) for t in tasks}
+        except Exception:
+            log.exception("%s: %s agent raised", message.queue_id, transport)
+            return {t.recipient.id: self._temp(t.recipient, AGENT_ERROR_REPLY) for t in tasks}
+        return self._match_results(message, transport, tasks, returned)
+
+    def _match_results(self, message: QueuedMessage, transport: str,
+                       tasks: Sequence[DeliveryTask], returned: object
+                       ) -> dict[int, DeliveryResult]:
+        """Exactly one result per task: unknown ids and duplicates are dropped (logged),
+        missing ones become temporary failures."""
+        wanted = {t.recipient.id for t in tasks}
+        out: dict[int, DeliveryResult] = {}
+        for res in returned if isinstance(returned, (list, tuple)) else ():
+            if not isinstance(res, DeliveryResult) or res.recipient_id not in wanted:
+                log.error("%s: %s agent returned a stray result %r",
+                          message.queue_id, transport, res)
+            elif res.recipient_id in out:
+                log.error("%s: %s agent returned two results for recipient %s",
+                          message.queue_id, transport, res.recipient_id)
+            else:
+                out[res.recipient_id] = res
+        for t in tasks:
+            if t.recipient.id not in out:
+                log.error("%s: %s agent returned no result for recipient %s",
+                          message.queue_id, transport, t.recipient.id)
+                out[t.recipient.id] = self._temp(t.recipient, NO_RESULT_REPLY)
+        return out
+
+    async def _record(self, message: QueuedMessage, results: list[DeliveryResult]) -> None:
+        now = self.clock()
+        by_id = {r.id: r for r in message.recipients}
+        temporary = [r for r in results if not r.ok and not r.permanent]
+        next_at: float | None = None
+        if temporary:
+            attempts = max(by_id[r.recipient_id].attempts for r in temporary) + 1
+            next_at = self.retry.next_attempt(now, attempts, message.envelope.received_at)
+            if next_at is None:
+                log.info("%s expired after %d attempts", message.queue_id, attempts)
+                results = [DeliveryResult(r.recipient_id, ok=False, permanent=True,
+                                          reply=expired_reply(r.reply))
+                           if (not r.ok and not r.permanent) else r for r in results]
+        for r in results:
+            log.info("%s rcpt=%s %s: %s", message.queue_id, r.recipient_id,
+                     "ok" if r.ok else ("failed" if r.permanent else "deferred"), r.reply)
+        await self.store.record_results(message.queue_id, results, now, next_at)
+
+    @staticmethod
+    def _temp(rcpt: QueuedRecipient, reply: str) -> DeliveryResult:
+        return DeliveryResult(rcpt.id, ok=False, permanent=False, reply=reply)

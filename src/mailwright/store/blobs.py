@@ -1,0 +1,313 @@
+"""Message bodies as files: written to ``tmp/``, fsync'd, then linked into place.
+
+What: ``BlobDir`` owns a directory laid out as::
+
+    blob_dir/tmp/<random>          bodies being received (never visible to the queue)
+    blob_dir/<fanout>/<queue_id>   committed bodies (fanout = queueid.fanout(), 2 chars)
+    blob_dir/.lock                 flock(2): shared while a store is open, see ``recover``
+
+``FileBlobWriter`` is the ``BlobWriter`` the SMTP session writes DATA/BDAT into.
+
+How (Postfix ``mail_stream.c`` fsyncs the queue file before "queued as"; chasquid's
+``safeio`` writes a temp file, fsyncs, renames):
+
+1. ``new_writer()`` creates ``tmp/<random>`` with ``O_WRONLY|O_CREAT|O_EXCL``, mode 0600.
+   ``write()`` buffers up to 64 KiB and then issues plain ``os.write`` calls (it runs on
+   the event loop thread; page-cache writes do not block for long).
+2. ``seal()`` (called by ``commit_message`` on the loop thread) flushes the buffer; from
+   then on the writer belongs to the committer and ``abort()`` is a no-op.
+3. The group committer calls ``sync_and_close()`` (fsync of data and inode), then
+   ``publish()`` which ``link(2)``s the file to its final name (``link`` fails with EEXIST
+   instead of overwriting, so an id clash can never replace another body) and unlinks
+   the temp name, then ``fsync_dir()`` once for every directory touched by the batch.
+   Only after that is the database row committed.
+
+Invariants: a final name exists only for a body whose bytes were fsync'd; a final name
+without a committed message row is garbage from a crash between publish and DB commit
+(``recover`` removes it); everything under ``tmp/`` is garbage after a crash.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import secrets
+import sys
+
+from . import queueid
+from .base import StoreError
+
+BUFFER_SIZE = 64 * 1024
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover
+    _libc = None
+
+_OPEN = 0
+_SEALED = 1
+_CLOSED = 2
+_ABORTED = 3
+
+
+class FileBlobWriter:
+    """A body being received into ``tmp/``. Satisfies ``base.BlobWriter``."""
+
+    __slots__ = ("owner", "tmp_path", "final_path", "queue_id", "_fd", "_buf", "_size", "_state")
+
+    def __init__(self, owner: "BlobDir", tmp_path: str, fd: int) -> None:
+        self.owner = owner
+        self.tmp_path = tmp_path
+        self.final_path: str | None = None   # set by BlobDir.publish
+        self.queue_id: str | None = None
+        self._fd = fd
+        self._buf = bytearray()
+        self._size = 0
+        self._state = _OPEN
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == _OPEN
+
+    def write(self, data: bytes) -> None:
+        if self._state != _OPEN:
+            raise StoreError("write to a blob that was committed or aborted")
+        self._buf += data
+        self._size += len(data)
+        if len(self._buf) >= BUFFER_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        view = memoryview(self._buf)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            view.release()
+            self.abort()
+            raise StoreError(f"cannot write message body: {exc.strerror}") from exc
+        view.release()
+        self._buf.clear()
+
+    def abort(self) -> None:
+        """Close and remove the partial file. Idempotent; a no-op once sealed."""
+        if self._state != _OPEN:
+            return
+        self._state = _ABORTED
+        self._close_fd()
+        _unlink_quiet(self.tmp_path)
+
+    def seal(self) -> None:
+        """Flush buffered bytes; hand the file over to the committer."""
+        if self._state != _OPEN:
+            raise StoreError("blob was already committed or aborted")
+        if self._buf:
+            self._flush()
+        self._state = _SEALED
+
+    # --- committer side (writer thread)
+    def start_writeback(self) -> None:
+        """Ask the kernel to start writing the body out now, without waiting. Called for
+        every body of a batch before the first fsync: the data (and on ext4 the block
+        allocations) of the whole batch then go out together, so the fsyncs that follow
+        mostly just wait, instead of each forcing its own journal commit. On Linux
+        POSIX_FADV_DONTNEED starts asynchronous writeback of dirty pages
+        (mm/fadvise.c); elsewhere it is a harmless hint."""
+        try:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass
+
+    def close_synced(self) -> None:
+        """Close after the whole file system was synced (``BlobDir.syncfs``)."""
+        self._close_fd()
+        self._state = _CLOSED
+
+    def sync_and_close(self) -> None:
+        """fsync the body (data and inode) and close it. Raises OSError."""
+        try:
+            os.fsync(self._fd)
+        finally:
+            self._close_fd()
+        self._state = _CLOSED
+
+    def discard(self) -> None:
+        """Remove whatever exists of this blob (temp and/or final name). Never raises."""
+        self._close_fd()
+        _unlink_quiet(self.tmp_path)
+        if self.final_path is not None:
+            _unlink_quiet(self.final_path)
+        self._state = _ABORTED
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
+    def __del__(self) -> None:  # a session that vanished without abort(): don't leak the fd
+        if getattr(self, "_state", None) == _OPEN:
+            self.abort()
+
+
+class BlobDir:
+    """The on-disk layout of bodies (see module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.tmp = os.path.join(self.root, "tmp")
+        self._known_dirs: set[str] = set()
+        self._lock_fd = -1
+
+    # --- lifecycle
+    def open(self) -> None:
+        os.makedirs(self.tmp, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)   # releases the flock
+            self._lock_fd = -1
+
+    def try_exclusive(self) -> bool:
+        """True if no other open store shares this blob dir (we then hold LOCK_EX until
+        ``share()``). Used by ``recover`` to decide whether ``tmp/`` may be emptied."""
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # conversion may have dropped it
+            return False
+
+    def share(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    # --- intake
+    def new_writer(self) -> FileBlobWriter:
+        for _ in range(8):
+            path = os.path.join(self.tmp, secrets.token_hex(12))
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot create message body file: {exc.strerror}") from exc
+            return FileBlobWriter(self, path, fd)
+        raise StoreError("cannot create a unique body file")
+
+    def relpath(self, queue_id: str) -> str:
+        return f"{queueid.fanout(queue_id)}/{queue_id}"
+
+    def path(self, relpath: str) -> str:
+        return os.path.join(self.root, relpath)
+
+    def publish(self, writer: FileBlobWriter, queue_id: str) -> tuple[str, ...]:
+        """Give a synced blob its final name; returns the directories to fsync (the
+        fan-out directory, plus the root the first time this process uses a fan-out
+        directory, since it may have just been created).
+        Raises FileExistsError if the name is taken (caller picks another id)."""
+        d = os.path.join(self.root, queueid.fanout(queue_id))
+        final = os.path.join(d, queue_id)
+        dirs: tuple[str, ...] = (d,)
+        if d not in self._known_dirs:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            self._known_dirs.add(d)
+            dirs = (d, self.root)
+        try:
+            os.link(writer.tmp_path, final)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            # a file system without hard links: check, then rename (not clash-proof
+            # against another process in the same µs, but ids make that ~impossible)
+            if os.path.exists(final):
+                raise FileExistsError(errno.EEXIST, "exists", final) from None
+            os.rename(writer.tmp_path, final)
+        else:
+            os.unlink(writer.tmp_path)
+        writer.final_path = final
+        writer.queue_id = queue_id
+        return dirs
+
+    def syncfs(self) -> None:
+        """syncfs(2) on the blob directory's file system: one call makes every body,
+        inode and directory entry written so far durable (one journal commit instead
+        of one per file). Linux only; reports writeback errors since Linux 5.8."""
+        if _libc is None or not hasattr(_libc, "syncfs"):
+            raise OSError(errno.ENOSYS, "syncfs is not available")
+        if _libc.syncfs(self._lock_fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    @staticmethod
+    def syncfs_available() -> bool:
+        return _libc is not None and hasattr(_libc, "syncfs") and sys.platform == "linux"
+
+    @staticmethod
+    def fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- queue side
+    def remove(self, relpath: str) -> bool:
+        return _unlink_quiet(os.path.join(self.root, relpath))
+
+    def read(self, relpath: str) -> bytes:
+        with open(os.path.join(self.root, relpath), "rb") as f:
+            return f.read()
+
+    def exists(self, relpath: str) -> bool:
+        return os.path.exists(os.path.join(self.root, relpath))
+
+    # --- recovery
+    def list_tmp(self) -> list[tuple[str, float]]:
+        """(path, mtime) of every file under tmp/."""
+        out = []
+        with os.scandir(self.tmp) as it:
+            for e in it:
+                try:
+                    out.append((e.path, e.stat().st_mtime))
+                except FileNotFoundError:
+                    pass
+        return out
+
+    def list_final(self) -> list[tuple[str, float]]:
+        """(relpath, mtime) of every committed-looking body file."""
+        out = []
+        with os.scandir(self.root) as top:
+            for d in top:
+                if d.name in ("tmp", ".lock") or not d.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(d.path) as inner:
+                    for e in inner:
+                        if not queueid.is_valid(e.name):
+                            continue
+                        try:
+                            out.append((f"{d.name}/{e.name}", e.stat().st_mtime))
+                        except FileNotFoundError:
+                            pass
+        return out
+
+
+def _unlink_quiet(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False

@@ -1,0 +1,148 @@
+"""SQLite schema and its migrations, versioned with ``PRAGMA user_version``.
+
+What: ``MIGRATIONS[i]`` is the list of statements that takes the schema from version
+``i`` to ``i + 1``. ``migrate(conn)`` applies whatever is missing. To change the
+schema later, append a new list (never edit a shipped one).
+
+How: each step runs in its own ``BEGIN IMMEDIATE`` transaction and re-reads
+``user_version`` inside it, so several processes opening the same database at once
+apply each step exactly once (the others wait on the write lock, then see the new
+version). DDL is transactional in SQLite, so a failed step leaves the previous version.
+Statements are executed one by one (``executescript`` would COMMIT the open transaction).
+
+Schema (version 1):
+
+* ``meta(key, value)`` -- ``directory_version`` is bumped in the same transaction as
+  every directory change, so its value is a cheap, cross-process change counter.
+* ``domains(name)``, ``mailboxes(address, domain → domains, password_hash,
+  quota_bytes, created_at)``, ``aliases(source, domain → domains, targets JSON)``.
+  All names are stored lower-cased (the store lower-cases on the way in).
+* ``messages`` -- one row per committed message: the envelope fields, ``blob`` (the
+  body's path relative to the blob directory), ``created_at``, the lease
+  (``lease_owner``, ``lease_expires``) and ``completed_at`` (set when every
+  recipient is final; the blob is then removed but rows stay for history).
+* ``recipients`` -- per-recipient state (GUIDE idea 6): ``state`` in
+  queued/delivered/failed/held, ``attempts``, ``next_attempt_at``,
+  ``last_attempt_at``, ``last_reply``, ``final_at``. The partial index
+  ``recipients_due`` covers only QUEUED rows, so ``claim_due`` stays fast however
+  much delivered history is retained.
+* ``attempts`` -- every delivery attempt (recipient, time, ok, permanent, reply).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+MIGRATIONS: list[list[str]] = [
+    # 0 -> 1: the initial schema
+    [
+        """CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        )""",
+        "INSERT INTO meta (key, value) VALUES ('directory_version', 1)",
+        """CREATE TABLE domains (
+            name       TEXT PRIMARY KEY,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE mailboxes (
+            address       TEXT PRIMARY KEY,
+            domain        TEXT NOT NULL REFERENCES domains(name) ON DELETE RESTRICT,
+            password_hash TEXT NOT NULL DEFAULT '',
+            quota_bytes   INTEGER NOT NULL DEFAULT 0,
+            created_at    REAL NOT NULL
+        )""",
+        "CREATE INDEX mailboxes_domain ON mailboxes(domain)",
+        """CREATE TABLE aliases (
+            source     TEXT PRIMARY KEY,
+            domain     TEXT NOT NULL REFERENCES domains(name) ON DELETE RESTRICT,
+            targets    TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX aliases_domain ON aliases(domain)",
+        """CREATE TABLE messages (
+            queue_id      TEXT PRIMARY KEY,
+            sender        TEXT NOT NULL,
+            received_at   REAL NOT NULL,
+            client_ip     TEXT NOT NULL DEFAULT '',
+            client_port   INTEGER NOT NULL DEFAULT 0,
+            client_name   TEXT NOT NULL DEFAULT '',
+            helo          TEXT NOT NULL DEFAULT '',
+            protocol      TEXT NOT NULL DEFAULT 'ESMTP',
+            tls           TEXT NOT NULL DEFAULT '',
+            auth_user     TEXT NOT NULL DEFAULT '',
+            body_type     TEXT NOT NULL DEFAULT '7BIT',
+            smtputf8      INTEGER NOT NULL DEFAULT 0,
+            ret           TEXT,
+            envid         TEXT,
+            size          INTEGER NOT NULL DEFAULT 0,
+            listener      TEXT NOT NULL DEFAULT 'smtp',
+            blob          TEXT NOT NULL,
+            created_at    REAL NOT NULL,
+            lease_owner   TEXT,
+            lease_expires REAL,
+            completed_at  REAL
+        )""",
+        "CREATE INDEX messages_active ON messages(queue_id) WHERE completed_at IS NULL",
+        """CREATE TABLE recipients (
+            id              INTEGER PRIMARY KEY,
+            queue_id        TEXT NOT NULL REFERENCES messages(queue_id) ON DELETE CASCADE,
+            address         TEXT NOT NULL,
+            notify          TEXT,
+            orcpt           TEXT,
+            state           TEXT NOT NULL
+                            CHECK (state IN ('queued', 'delivered', 'failed', 'held')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_attempt_at REAL,
+            last_reply      TEXT NOT NULL DEFAULT '',
+            final_at        REAL
+        )""",
+        "CREATE INDEX recipients_queue ON recipients(queue_id)",
+        "CREATE INDEX recipients_due ON recipients(next_attempt_at, queue_id) WHERE state = 'queued'",
+        "CREATE INDEX recipients_state ON recipients(state, queue_id)",
+        """CREATE TABLE attempts (
+            id           INTEGER PRIMARY KEY,
+            recipient_id INTEGER NOT NULL REFERENCES recipients(id) ON DELETE CASCADE,
+            at           REAL NOT NULL,
+            ok           INTEGER NOT NULL,
+            permanent    INTEGER NOT NULL DEFAULT 0,
+            reply        TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX attempts_recipient ON attempts(recipient_id, at)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection,
+            transact: Callable[[sqlite3.Connection, Callable[[sqlite3.Connection], None]], None]
+            ) -> int:
+    """Bring the database to ``SCHEMA_VERSION``; returns the version found at start.
+
+    ``transact(conn, fn)`` runs ``fn`` inside BEGIN IMMEDIATE ... COMMIT with the
+    store's busy retries. Refuses a database newer than this code knows."""
+    found = current_version(conn)
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema version {found} is newer than this "
+                           f"program's {SCHEMA_VERSION}; refusing to touch it")
+    while True:
+        applied: list[int] = []
+
+        def step(c: sqlite3.Connection) -> None:
+            v = current_version(c)
+            if v >= SCHEMA_VERSION:
+                return
+            for stmt in MIGRATIONS[v]:
+                c.execute(stmt)
+            c.execute(f"PRAGMA user_version = {v + 1}")
+            applied.append(v + 1)
+
+        transact(conn, step)
+        if not applied:
+            return found

@@ -1,0 +1,800 @@
+"""The embedded default backend: SQLite (WAL) for envelopes and state, files for bodies.
+
+What: ``SQLiteStore(path, blob_dir)`` implements ``base.Store``. Several worker
+processes may open the same database and blob directory at once, each with its own
+``SQLiteStore``.
+
+How:
+
+* Connections use WAL with ``synchronous=FULL``: in WAL mode FULL fsyncs the WAL at
+  every commit, and that fsync is what makes an envelope durable (NORMAL would only
+  sync at checkpoints; https://www.sqlite.org/pragma.html#pragma_synchronous and
+  https://www.sqlite.org/wal.html). ``foreign_keys=ON``, ``busy_timeout`` set.
+* All writes of one process go through one ``GroupCommitter`` thread and one write
+  connection. Every write transaction is ``BEGIN IMMEDIATE`` (takes the write lock up
+  front, so it cannot fail half-way with SQLITE_BUSY when another process writes) and
+  is retried with backoff on SQLITE_BUSY/LOCKED for up to ``lock_retry_seconds``.
+* ``commit_message`` (GUIDE idea 5, "250 only after a durable commit"): the body was
+  streamed to ``blob_dir/tmp``; the writer thread takes every pending commit, fsyncs
+  the bodies in parallel (a small thread pool: fsyncs of different files overlap and
+  share journal commits), links each to ``blob_dir/<fanout>/<queue_id>``, fsyncs each
+  touched directory once, then inserts all envelopes and recipients in ONE
+  transaction and only then resolves the sessions' futures. If that transaction
+  fails, the items are retried one per transaction, so one bad item fails alone.
+* Reads run on a single reader thread with its own connection (WAL readers never
+  block the writer); they are not hot, RCPT lookups use an in-memory snapshot.
+* Leases: ``claim_due`` sets ``lease_owner``/``lease_expires`` on the messages it
+  returns; a lease that expired (a crashed worker) makes the message claimable again.
+
+Invariants:
+
+* A message row exists only if its body was fsync'd and linked (and the directory
+  fsync'd) before the row's transaction committed.
+* A message whose recipients are all final gets ``completed_at`` in the same
+  transaction as the last result; its body is unlinked after that commit (``recover``
+  finishes the job if we crash in between). Rows are kept for history.
+* Directory names are lower-cased on the way in; every directory change bumps
+  ``meta.directory_version`` in the same transaction.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence
+
+from ..queue.model import (
+    FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
+    RecipientRequest, RecipientState,
+)
+from . import migrations
+from .base import (
+    Alias, AttemptRecord, DirectorySnapshot, DuplicateError, Mailbox, NotFoundError,
+    RecoveryReport, StoreError,
+)
+from .blobs import BlobDir, FileBlobWriter
+from .groupcommit import GroupCommitter, Pending
+from .queueid import new_queue_id
+
+log = logging.getLogger("mailwright.store")
+
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_FINAL_SQL = "('delivered', 'failed')"
+_CHUNK = 500
+
+_MSG_COLS = ("queue_id, sender, received_at, client_ip, client_port, client_name, helo, "
+             "protocol, tls, auth_user, body_type, smtputf8, ret, envid, size, listener, "
+             "blob, created_at")
+_RCPT_COLS = ("id, queue_id, address, notify, orcpt, state, attempts, next_attempt_at, "
+              "last_attempt_at, last_reply, final_at")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _BUSY_CODES
+    msg = str(exc)
+    return "locked" in msg or "busy" in msg
+
+
+def _encode_notify(notify: tuple[str, ...] | None) -> str | None:
+    return None if notify is None else ",".join(notify)
+
+
+def _decode_notify(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(text.split(",")) if text else ()
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower()
+
+
+def _domain_of(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if not at or not domain:
+        raise ValueError(f"not an address: {address!r}")
+    return domain
+
+
+class SQLiteStore:
+    """``base.Store`` on SQLite + body files. See the module docstring."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str], *,
+                 busy_timeout: float = 5.0, lock_retry_seconds: float = 30.0,
+                 sync_method: str = "auto", fsync_threads: int = 1, max_batch: int = 1000,
+                 recover_grace_seconds: float = 3600.0) -> None:
+        self.path = os.fspath(path)
+        self.blobs = BlobDir(blob_dir)
+        self.busy_timeout = busy_timeout
+        self.lock_retry_seconds = lock_retry_seconds
+        if sync_method not in ("auto", "fsync", "syncfs"):
+            raise ValueError(f"sync_method must be auto, fsync or syncfs, not {sync_method!r}")
+        if sync_method == "syncfs" and not BlobDir.syncfs_available():
+            raise ValueError("sync_method syncfs needs Linux")
+        self.sync_method = sync_method
+        self._syncfs = sync_method == "syncfs" or (
+            sync_method == "auto" and BlobDir.syncfs_available())
+        self.fsync_threads = fsync_threads
+        self.max_batch = max_batch
+        self.recover_grace_seconds = recover_grace_seconds
+        self.last_recovery: RecoveryReport | None = None
+        self._writer: GroupCommitter | None = None
+        self._fsync_pool: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _retry_busy(self, fn: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.lock_retry_seconds
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _transact(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` in BEGIN IMMEDIATE ... COMMIT, retrying on SQLITE_BUSY.
+        ``fn`` must only touch the database (it may run more than once)."""
+        def attempt() -> Any:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return self._retry_busy(attempt)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection, list[str]], Any]) -> Any:
+        """Run ``fn(conn, remove)`` as one write transaction on the writer thread; after
+        the commit, unlink the blob relpaths ``fn`` appended to ``remove``."""
+        if self._writer is None:
+            raise StoreError("store is not open")
+
+        def job(conn: sqlite3.Connection) -> Any:
+            remove: list[str] = []
+
+            def body(c: sqlite3.Connection) -> Any:
+                remove.clear()
+                return fn(c, remove)
+            try:
+                result = self._transact(conn, body)
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+            for rel in remove:
+                self.blobs.remove(rel)
+            return result
+        return await self._writer.submit_job(job, asyncio.get_running_loop())
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._reader is None or self._read_conn is None:
+            raise StoreError("store is not open")
+        conn = self._read_conn
+
+        def job() -> Any:
+            try:
+                conn.execute("BEGIN")        # one consistent snapshot for the whole read
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+        return await asyncio.get_running_loop().run_in_executor(self._reader, job)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        if self._writer is not None:
+            return
+        self.blobs.open()
+        try:
+            conn = self._connect()
+            try:
+                migrations.migrate(conn, self._transact)
+            finally:
+                conn.close()
+            if self.fsync_threads > 1:
+                self._fsync_pool = ThreadPoolExecutor(self.fsync_threads,
+                                                      thread_name_prefix="mailwright-fsync")
+            self._read_conn = self._connect()
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="mailwright-store-read")
+            writer = GroupCommitter("mailwright-store-writer", self._connect,
+                                    self._commit_batch, max_batch=self.max_batch)
+            writer.start()
+            self._writer = writer
+        except BaseException:
+            self._close_sync()
+            raise
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
+        if self._fsync_pool is not None:
+            self._fsync_pool.shutdown()
+            self._fsync_pool = None
+        if self._reader is not None:
+            self._reader.shutdown()
+            self._reader = None
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+        self.blobs.close()
+
+    async def recover(self) -> int:
+        """Clean up after a crash; returns how many things were removed.
+
+        * ``tmp/*``: half-written bodies (sessions that never got a 250);
+        * message rows (not yet complete) whose body file is missing -- impossible while
+          the commit invariant holds, so this is logged as an error and counted;
+        * body files with no message row (crash between link and DB commit), and bodies
+          of completed messages (crash between the final result and the unlink);
+        * leases: expired ones; all of them if this is the only open store.
+
+        Safe with other processes running: if another store holds the blob directory
+        open (``flock``), only leftovers older than ``recover_grace_seconds`` are
+        removed, since younger ones may belong to that process's live sessions.
+        The details are kept in ``self.last_recovery``."""
+        if self._writer is None:
+            raise StoreError("store is not open")
+
+        def job(conn: sqlite3.Connection) -> RecoveryReport:
+            exclusive = self.blobs.try_exclusive()
+            try:
+                return self._recover_sync(conn, exclusive)
+            finally:
+                if exclusive:
+                    self.blobs.share()
+        report: RecoveryReport = await self._writer.submit_job(job, asyncio.get_running_loop())
+        self.last_recovery = report
+        return report.total
+
+    def _recover_sync(self, conn: sqlite3.Connection, exclusive: bool) -> RecoveryReport:
+        now = time.time()
+        cutoff = float("inf") if exclusive else now - self.recover_grace_seconds
+        tmp_removed = 0
+        for path, mtime in self.blobs.list_tmp():
+            if mtime < cutoff and _unlink(path):
+                tmp_removed += 1
+
+        def fn(c: sqlite3.Connection) -> tuple[int, int, list[str]]:
+            active = dict(c.execute(
+                "SELECT blob, queue_id FROM messages WHERE completed_at IS NULL"))
+            completed = {r[0] for r in c.execute(
+                "SELECT blob FROM messages WHERE completed_at IS NOT NULL")}
+            files = dict(self.blobs.list_final())
+            missing = [qid for rel, qid in active.items() if rel not in files]
+            for i in range(0, len(missing), _CHUNK):
+                part = missing[i:i + _CHUNK]
+                c.execute(f"DELETE FROM messages WHERE queue_id IN ({','.join('?' * len(part))})",
+                          part)
+            if exclusive:
+                leases = c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
+                                   " WHERE lease_owner IS NOT NULL").rowcount
+            else:
+                leases = c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
+                                   " WHERE lease_expires <= ?", (now,)).rowcount
+            orphans = [rel for rel, mtime in files.items()
+                       if rel not in active and (rel in completed or mtime < cutoff)]
+            return len(missing), leases, orphans
+
+        missing, leases, orphans = self._transact(conn, fn)
+        removed = sum(1 for rel in orphans if self.blobs.remove(rel))
+        if missing:
+            log.error("recover: %d queued message(s) had no body file; removed", missing)
+        if tmp_removed or removed or leases:
+            log.warning("recover: removed %d partial and %d orphan bodies, cleared %d leases",
+                        tmp_removed, removed, leases)
+        return RecoveryReport(tmp_files=tmp_removed, missing_blobs=missing,
+                              orphan_blobs=removed, leases_cleared=leases, exclusive=exclusive)
+
+    # ------------------------------------------------------------------ intake
+    def new_blob(self) -> FileBlobWriter:
+        return self.blobs.new_writer()
+
+    async def commit_message(self, envelope: Envelope, blob: FileBlobWriter) -> str:  # type: ignore[override]
+        """Durably commit body + envelope + recipients; returns the queue id.
+
+        Raises ValueError for a programming error (no recipients, foreign blob; the
+        caller still owns the blob) and StoreError when the commit failed (the body is
+        then gone; answer 451)."""
+        if not envelope.recipients:
+            raise ValueError("a message needs at least one recipient")
+        if not isinstance(blob, FileBlobWriter) or blob.owner is not self.blobs:
+            raise ValueError("blob was not created by this store")
+        if self._writer is None:
+            raise StoreError("store is not open")
+        blob.seal()
+        try:
+            fut = self._writer.submit_commit((envelope, blob), asyncio.get_running_loop())
+        except BaseException:
+            blob.discard()
+            raise
+        return await fut
+
+    def _commit_batch(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
+        """Writer thread: make a batch of bodies durable, then their rows (one txn)."""
+        if self._syncfs and len(items) > 1:
+            # name every body, then one syncfs(2) makes bodies and names durable
+            self._publish(items)
+            try:
+                self.blobs.syncfs()
+            except OSError as exc:
+                for item in items:
+                    if item.error is None:
+                        item.error = StoreError(f"cannot sync queue: {exc.strerror}")
+            for item in items:
+                item.payload[1].close_synced()
+        else:
+            # 1. make every body durable: start writeback of all, then fsync each
+            def sync(item: Pending) -> None:
+                try:
+                    item.payload[1].sync_and_close()
+                except OSError as exc:
+                    item.error = StoreError(f"cannot sync message body: {exc.strerror}")
+            for item in items:
+                item.payload[1].start_writeback()
+            if self._fsync_pool is not None and len(items) > 1:
+                for _ in self._fsync_pool.map(sync, items):
+                    pass
+            else:
+                for item in items:
+                    sync(item)
+            # 2. give each body its final name; 3. one fsync per touched directory
+            for d, its in self._publish(items).items():
+                try:
+                    self.blobs.fsync_dir(d)
+                except OSError as exc:
+                    for item in its:
+                        item.error = StoreError(f"cannot sync queue directory: {exc.strerror}")
+        # 4. all rows in one transaction; on failure, one transaction per item
+        live = [item for item in items if item.error is None]
+        if live:
+            created = time.time()
+            try:
+                self._transact(conn, lambda c: self._insert_messages(c, live, created))
+            except Exception as exc:
+                if len(live) == 1:
+                    live[0].error = StoreError(f"cannot record message: {exc}")
+                else:
+                    log.warning("group commit of %d failed (%s); retrying one by one",
+                                len(live), exc)
+                    for item in live:
+                        try:
+                            self._transact(conn, lambda c: self._insert_messages(c, [item], created))
+                        except Exception as exc1:
+                            item.error = StoreError(f"cannot record message: {exc1}")
+        # 5. settle
+        for item in items:
+            blob = item.payload[1]
+            if item.error is None:
+                item.result = blob.queue_id
+            else:
+                blob.discard()
+
+    def _publish(self, items: list[Pending]) -> dict[str, list[Pending]]:
+        """Link each body that is still fine to its final name; returns the touched
+        directories and their items."""
+        touched: dict[str, list[Pending]] = {}
+        for item in items:
+            if item.error is not None:
+                continue
+            blob: FileBlobWriter = item.payload[1]
+            for _ in range(8):
+                try:
+                    dirs = self.blobs.publish(blob, new_queue_id())
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    item.error = StoreError(f"cannot store message body: {exc.strerror}")
+                    break
+                for d in dirs:
+                    touched.setdefault(d, []).append(item)
+                break
+            else:
+                item.error = StoreError("no free queue id")
+        return touched
+
+    def _insert_messages(self, conn: sqlite3.Connection, items: list[Pending],
+                         created: float) -> None:
+        msgs = []
+        rcpts = []
+        for item in items:
+            env: Envelope = item.payload[0]
+            blob: FileBlobWriter = item.payload[1]
+            qid = blob.queue_id
+            msgs.append((qid, env.sender, env.received_at, env.client_ip, env.client_port,
+                         env.client_name, env.helo, env.protocol, env.tls, env.auth_user,
+                         env.body_type, int(env.smtputf8), env.ret, env.envid, blob.size,
+                         env.listener, self.blobs.relpath(qid), created))
+            for r in env.recipients:
+                rcpts.append((qid, r.address, _encode_notify(r.notify), r.orcpt,
+                              env.received_at))
+        conn.executemany(f"INSERT INTO messages ({_MSG_COLS}) VALUES "
+                         f"({','.join('?' * 18)})", msgs)
+        conn.executemany("INSERT INTO recipients (queue_id, address, notify, orcpt, state, "
+                         "next_attempt_at) VALUES (?, ?, ?, ?, 'queued', ?)", rcpts)
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, conn: sqlite3.Connection, queue_ids: Sequence[str],
+              keep: Callable[[QueuedRecipient], bool] | None = None) -> list[QueuedMessage]:
+        """Messages in ``queue_ids`` order; ``keep`` filters ``recipients`` (the envelope
+        always lists all of them)."""
+        rows: dict[str, tuple] = {}
+        rcpts: dict[str, list[QueuedRecipient]] = {}
+        for i in range(0, len(queue_ids), _CHUNK):
+            part = list(queue_ids[i:i + _CHUNK])
+            marks = ",".join("?" * len(part))
+            for row in conn.execute(f"SELECT {_MSG_COLS} FROM messages WHERE queue_id IN ({marks})",
+                                    part):
+                rows[row[0]] = row
+            for r in conn.execute(f"SELECT {_RCPT_COLS} FROM recipients WHERE queue_id IN ({marks})"
+                                  " ORDER BY id", part):
+                rcpts.setdefault(r[1], []).append(QueuedRecipient(
+                    id=r[0], queue_id=r[1], address=r[2], notify=_decode_notify(r[3]),
+                    orcpt=r[4], state=RecipientState(r[5]), attempts=r[6],
+                    next_attempt_at=r[7], last_attempt_at=r[8], last_reply=r[9],
+                    final_at=r[10]))
+        out = []
+        for qid in queue_ids:
+            row = rows.get(qid)
+            if row is None:
+                continue
+            all_r = rcpts.get(qid, [])
+            env = Envelope(
+                sender=row[1], received_at=row[2], client_ip=row[3], client_port=row[4],
+                client_name=row[5], helo=row[6], protocol=row[7], tls=row[8],
+                auth_user=row[9], body_type=row[10], smtputf8=bool(row[11]), ret=row[12],
+                envid=row[13], size=row[14], listener=row[15],
+                recipients=[RecipientRequest(r.address, r.notify, r.orcpt) for r in all_r])
+            out.append(QueuedMessage(
+                queue_id=qid, envelope=env, blob_path=self.blobs.path(row[16]),
+                recipients=[r for r in all_r if keep is None or keep(r)]))
+        return out
+
+    # ------------------------------------------------------------------ queue
+    async def claim_due(self, now: float, limit: int, owner: str, lease_seconds: float
+                        ) -> list[QueuedMessage]:
+        def fn(c: sqlite3.Connection, remove: list[str]) -> list[QueuedMessage]:
+            ids = [r[0] for r in c.execute(
+                "SELECT r.queue_id, MIN(r.next_attempt_at) AS due"
+                " FROM recipients r JOIN messages m ON m.queue_id = r.queue_id"
+                " WHERE r.state = 'queued' AND r.next_attempt_at <= ?"
+                "   AND (m.lease_owner IS NULL OR m.lease_expires <= ?)"
+                " GROUP BY r.queue_id ORDER BY due, r.queue_id LIMIT ?",
+                (now, now, limit))]
+            if not ids:
+                return []
+            c.executemany("UPDATE messages SET lease_owner = ?, lease_expires = ?"
+                          " WHERE queue_id = ?",
+                          [(owner, now + lease_seconds, q) for q in ids])
+            return self._load(c, ids, lambda r: r.state is RecipientState.QUEUED
+                              and r.next_attempt_at <= now)
+        return await self._write(fn)
+
+    async def record_results(self, queue_id: str, results: Sequence[DeliveryResult],
+                             now: float, next_attempt_at: float | None) -> None:
+        """See ``base.Store``. ``next_attempt_at=None`` with temporary failures means
+        "due again at ``now``". Results for recipients already final are added to the
+        history only. An unknown message or recipient id raises NotFoundError."""
+        retry_at = now if next_attempt_at is None else next_attempt_at
+
+        def fn(c: sqlite3.Connection, remove: list[str]) -> None:
+            row = c.execute("SELECT blob FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no message {queue_id}")
+            states = dict(c.execute("SELECT id, state FROM recipients WHERE queue_id = ?",
+                                    (queue_id,)))
+            history = []
+            for res in results:
+                state = states.get(res.recipient_id)
+                if state is None:
+                    raise NotFoundError(f"recipient {res.recipient_id} is not part of {queue_id}")
+                history.append((res.recipient_id, now, int(res.ok), int(res.permanent), res.reply))
+                if RecipientState(state) in FINAL_STATES:
+                    continue
+                if res.ok or res.permanent:
+                    new = RecipientState.DELIVERED if res.ok else RecipientState.FAILED
+                    c.execute("UPDATE recipients SET state = ?, attempts = attempts + 1,"
+                              " last_attempt_at = ?, last_reply = ?, final_at = ? WHERE id = ?",
+                              (new.value, now, res.reply, now, res.recipient_id))
+                    states[res.recipient_id] = new.value
+                else:
+                    c.execute("UPDATE recipients SET attempts = attempts + 1,"
+                              " last_attempt_at = ?, last_reply = ?, next_attempt_at = ?"
+                              " WHERE id = ?", (now, res.reply, retry_at, res.recipient_id))
+            c.executemany("INSERT INTO attempts (recipient_id, at, ok, permanent, reply)"
+                          " VALUES (?, ?, ?, ?, ?)", history)
+            if all(RecipientState(s) in FINAL_STATES for s in states.values()):
+                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL,"
+                          " completed_at = COALESCE(completed_at, ?) WHERE queue_id = ?",
+                          (now, queue_id))
+                remove.append(row[0])
+            else:
+                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
+                          " WHERE queue_id = ?", (queue_id,))
+        await self._write(fn)
+
+    async def next_due_time(self) -> float | None:
+        """Earliest time a QUEUED recipient becomes claimable (its lease considered)."""
+        def fn(c: sqlite3.Connection) -> float | None:
+            return c.execute(
+                "SELECT MIN(MAX(r.next_attempt_at, COALESCE(m.lease_expires, 0)))"
+                " FROM recipients r JOIN messages m ON m.queue_id = r.queue_id"
+                " WHERE r.state = 'queued'").fetchone()[0]
+        return await self._read(fn)
+
+    def read_body(self, message: QueuedMessage) -> bytes:
+        try:
+            with open(self.body_path(message), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise NotFoundError(f"no body for {message.queue_id}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read body of {message.queue_id}: {exc.strerror}") from exc
+
+    def body_path(self, message: QueuedMessage) -> str:
+        return message.blob_path
+
+    async def list_messages(self, state: RecipientState | None = None, limit: int = 1000
+                            ) -> list[QueuedMessage]:
+        """``state=None``: messages still in the queue (some recipient not final), oldest
+        first. Otherwise: messages with at least one recipient in ``state`` (DELIVERED
+        and FAILED list retained history). Each lists all its recipients."""
+        def fn(c: sqlite3.Connection) -> list[QueuedMessage]:
+            if state is None:
+                ids = [r[0] for r in c.execute(
+                    "SELECT queue_id FROM messages WHERE completed_at IS NULL"
+                    " ORDER BY queue_id LIMIT ?", (limit,))]
+            else:
+                ids = [r[0] for r in c.execute(
+                    "SELECT DISTINCT queue_id FROM recipients WHERE state = ?"
+                    " ORDER BY queue_id LIMIT ?", (RecipientState(state).value, limit))]
+            return self._load(c, ids)
+        return await self._read(fn)
+
+    async def get_message(self, queue_id: str) -> QueuedMessage | None:
+        found = await self._read(lambda c: self._load(c, [queue_id]))
+        return found[0] if found else None
+
+    async def hold(self, queue_id: str) -> int:
+        return await self._write(lambda c, rm: c.execute(
+            "UPDATE recipients SET state = 'held' WHERE queue_id = ? AND state = 'queued'",
+            (queue_id,)).rowcount)
+
+    async def release(self, queue_id: str, now: float | None = None) -> int:
+        at = time.time() if now is None else now
+        return await self._write(lambda c, rm: c.execute(
+            "UPDATE recipients SET state = 'queued', next_attempt_at = MIN(next_attempt_at, ?)"
+            " WHERE queue_id = ? AND state = 'held'", (at, queue_id)).rowcount)
+
+    async def delete_message(self, queue_id: str) -> bool:
+        def fn(c: sqlite3.Connection, remove: list[str]) -> bool:
+            row = c.execute("SELECT blob FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+            if row is None:
+                return False
+            c.execute("DELETE FROM messages WHERE queue_id = ?", (queue_id,))
+            remove.append(row[0])
+            return True
+        return await self._write(fn)
+
+    async def list_attempts(self, queue_id: str) -> list[AttemptRecord]:
+        def fn(c: sqlite3.Connection) -> list[AttemptRecord]:
+            return [AttemptRecord(recipient_id=r[0], address=r[1], at=r[2], ok=bool(r[3]),
+                                  permanent=bool(r[4]), reply=r[5])
+                    for r in c.execute(
+                        "SELECT a.recipient_id, r.address, a.at, a.ok, a.permanent, a.reply"
+                        " FROM attempts a JOIN recipients r ON r.id = a.recipient_id"
+                        " WHERE r.queue_id = ? ORDER BY a.at, a.id", (queue_id,))]
+        return await self._read(fn)
+
+    # ------------------------------------------------------------------ directory
+    @staticmethod
+    def _bump(c: sqlite3.Connection) -> None:
+        c.execute("UPDATE meta SET value = value + 1 WHERE key = 'directory_version'")
+
+    @staticmethod
+    def _require_domain(c: sqlite3.Connection, domain: str) -> None:
+        if c.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone() is None:
+            raise NotFoundError(f"unknown domain {domain}")
+
+    async def add_domain(self, domain: str) -> None:
+        d = _norm(domain)
+        if not d or "@" in d:
+            raise ValueError(f"not a domain: {domain!r}")
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            try:
+                c.execute("INSERT INTO domains (name, created_at) VALUES (?, ?)", (d, time.time()))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"domain {d} exists") from None
+            self._bump(c)
+        await self._write(fn)
+
+    async def remove_domain(self, domain: str) -> bool:
+        """Remove an empty domain; False if unknown. A domain that still has mailboxes or
+        aliases is refused with StoreError (remove those first: nothing disappears as a
+        side effect)."""
+        d = _norm(domain)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
+            n_mb = c.execute("SELECT COUNT(*) FROM mailboxes WHERE domain = ?", (d,)).fetchone()[0]
+            n_al = c.execute("SELECT COUNT(*) FROM aliases WHERE domain = ?", (d,)).fetchone()[0]
+            if n_mb or n_al:
+                raise StoreError(f"domain {d} still has {n_mb} mailbox(es) and {n_al} "
+                                 "alias(es); remove them first")
+            if c.execute("DELETE FROM domains WHERE name = ?", (d,)).rowcount == 0:
+                return False
+            self._bump(c)
+            return True
+        return await self._write(fn)
+
+    async def list_domains(self) -> list[str]:
+        return await self._read(lambda c: [r[0] for r in c.execute(
+            "SELECT name FROM domains ORDER BY name")])
+
+    async def add_mailbox(self, address: str, password_hash: str, quota_bytes: int = 0) -> None:
+        a = _norm(address)
+        d = _domain_of(a)
+        if a.startswith("@"):
+            raise ValueError(f"not a mailbox address: {address!r}")
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            self._require_domain(c, d)
+            try:
+                c.execute("INSERT INTO mailboxes (address, domain, password_hash, quota_bytes,"
+                          " created_at) VALUES (?, ?, ?, ?, ?)",
+                          (a, d, password_hash, int(quota_bytes), time.time()))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"mailbox {a} exists") from None
+            self._bump(c)
+        await self._write(fn)
+
+    async def set_password(self, address: str, password_hash: str) -> bool:
+        a = _norm(address)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
+            n = c.execute("UPDATE mailboxes SET password_hash = ? WHERE address = ?",
+                          (password_hash, a)).rowcount
+            if n:
+                self._bump(c)
+            return bool(n)
+        return await self._write(fn)
+
+    async def set_quota(self, address: str, quota_bytes: int) -> bool:
+        """Extra (not in ``base.Store``): change a mailbox quota; False if unknown."""
+        a = _norm(address)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
+            n = c.execute("UPDATE mailboxes SET quota_bytes = ? WHERE address = ?",
+                          (int(quota_bytes), a)).rowcount
+            if n:
+                self._bump(c)
+            return bool(n)
+        return await self._write(fn)
+
+    async def remove_mailbox(self, address: str) -> bool:
+        a = _norm(address)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
+            n = c.execute("DELETE FROM mailboxes WHERE address = ?", (a,)).rowcount
+            if n:
+                self._bump(c)
+            return bool(n)
+        return await self._write(fn)
+
+    @staticmethod
+    def _mailbox(row: tuple) -> Mailbox:
+        return Mailbox(address=row[0], password_hash=row[1], quota_bytes=row[2],
+                       created_at=row[3])
+
+    async def list_mailboxes(self, domain: str | None = None) -> list[Mailbox]:
+        def fn(c: sqlite3.Connection) -> list[Mailbox]:
+            sql = "SELECT address, password_hash, quota_bytes, created_at FROM mailboxes"
+            if domain is None:
+                rows = c.execute(sql + " ORDER BY address")
+            else:
+                rows = c.execute(sql + " WHERE domain = ? ORDER BY address", (_norm(domain),))
+            return [self._mailbox(r) for r in rows]
+        return await self._read(fn)
+
+    async def get_mailbox(self, address: str) -> Mailbox | None:
+        def fn(c: sqlite3.Connection) -> Mailbox | None:
+            row = c.execute("SELECT address, password_hash, quota_bytes, created_at"
+                            " FROM mailboxes WHERE address = ?", (_norm(address),)).fetchone()
+            return None if row is None else self._mailbox(row)
+        return await self._read(fn)
+
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        """``source`` is "user@domain" or "@domain" (catch-all); the domain must exist
+        (NotFoundError). Targets are lower-cased and kept in the given order."""
+        s = _norm(source)
+        d = _domain_of(s)
+        if isinstance(targets, str):
+            raise ValueError("targets must be a sequence of addresses, not a string")
+        ts = [_norm(t) for t in targets]
+        if not ts or not all(ts):
+            raise ValueError("an alias needs at least one non-empty target")
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            self._require_domain(c, d)
+            try:
+                c.execute("INSERT INTO aliases (source, domain, targets, created_at)"
+                          " VALUES (?, ?, ?, ?)", (s, d, json.dumps(ts), time.time()))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"alias {s} exists") from None
+            self._bump(c)
+        await self._write(fn)
+
+    async def remove_alias(self, source: str) -> bool:
+        s = _norm(source)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
+            n = c.execute("DELETE FROM aliases WHERE source = ?", (s,)).rowcount
+            if n:
+                self._bump(c)
+            return bool(n)
+        return await self._write(fn)
+
+    async def list_aliases(self) -> list[Alias]:
+        return await self._read(lambda c: [
+            Alias(source=r[0], targets=tuple(json.loads(r[1])))
+            for r in c.execute("SELECT source, targets FROM aliases ORDER BY source")])
+
+    async def directory_snapshot(self) -> DirectorySnapshot:
+        def fn(c: sqlite3.Connection) -> DirectorySnapshot:
+            version = c.execute(
+                "SELECT value FROM meta WHERE key = 'directory_version'").fetchone()[0]
+            domains = frozenset(r[0] for r in c.execute("SELECT name FROM domains"))
+            quotas = dict(c.execute("SELECT address, quota_bytes FROM mailboxes"))
+            aliases = {r[0]: tuple(json.loads(r[1]))
+                       for r in c.execute("SELECT source, targets FROM aliases")}
+            return DirectorySnapshot(version=version, domains=domains,
+                                     mailboxes=frozenset(quotas), aliases=aliases,
+                                     quotas=quotas)
+        return await self._read(fn)
+
+    async def directory_version(self) -> int:
+        return await self._read(lambda c: c.execute(
+            "SELECT value FROM meta WHERE key = 'directory_version'").fetchone()[0])
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False

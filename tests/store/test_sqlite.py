@@ -1,0 +1,212 @@
+"""SQLite-backend specifics: pragmas, schema versioning, several processes, kill -9."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mailwright.queue.model import Envelope, RecipientRequest
+from mailwright.store import migrations, queueid
+from mailwright.store.sqlite import SQLiteStore
+
+# A child process that commits messages with several concurrent sessions and prints
+# "<n> <queue id>" only after commit_message returned (i.e. after the 250 could be sent).
+CHILD = textwrap.dedent("""
+    import asyncio, sys, time
+    from mailwright.queue.model import Envelope, RecipientRequest
+    from mailwright.store.sqlite import SQLiteStore
+
+    def body(tag, n):
+        return (f"Subject: {tag} {n}\\r\\n\\r\\n".encode()
+                + bytes(range(256)) * (n % 40 + 1) + b"\\r\\n")
+
+    async def main(db, blobs, tag, count, sessions):
+        s = SQLiteStore(db, blobs)
+        await s.open()
+        counter = iter(range(count))
+
+        async def session():
+            for n in counter:
+                b = s.new_blob()
+                data = body(tag, n)
+                for i in range(0, len(data), 700):
+                    b.write(data[i:i + 700])
+                qid = await s.commit_message(
+                    Envelope(f"{tag}@example.org", [RecipientRequest("x@example.net")],
+                             time.time()), b)
+                sys.stdout.write(f"{n} {qid}\\n")
+                sys.stdout.flush()
+        await asyncio.gather(*(session() for _ in range(sessions)))
+        await s.close()
+
+    db, blobs, tag, count, sessions = sys.argv[1:6]
+    asyncio.run(main(db, blobs, tag, int(count), int(sessions)))
+""")
+
+
+async def commit(store, body: bytes) -> str:
+    blob = store.new_blob()
+    blob.write(body)
+    return await store.commit_message(
+        Envelope("a@example.org", [RecipientRequest("b@example.net")], 1_700_000_000.0), blob)
+
+
+def child_body(tag: str, n: int) -> bytes:
+    return (f"Subject: {tag} {n}\r\n\r\n".encode() + bytes(range(256)) * (n % 40 + 1) + b"\r\n")
+
+
+def spawn(tmp_path, tag, count, sessions):
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "queue.db"), str(tmp_path / "blobs"),
+         tag, str(count), str(sessions)],
+        stdout=subprocess.PIPE, text=True)
+
+
+def blob_files(tmp_path):
+    root = tmp_path / "blobs"
+    return sorted(p.name for p in root.glob("*/*") if p.parent.name != "tmp")
+
+
+async def test_pragmas_and_schema_version(store):
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"domains", "mailboxes", "aliases", "messages", "recipients", "attempts",
+                "meta"} <= tables
+    finally:
+        conn.close()
+    # per-connection settings of the store's own connections
+    c = store._connect()
+    try:
+        assert c.execute("PRAGMA synchronous").fetchone()[0] == 2      # FULL
+        assert c.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert c.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    finally:
+        c.close()
+
+
+def test_newer_schema_is_refused(tmp_path, runner):
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    conn.execute(f"PRAGMA user_version = {migrations.SCHEMA_VERSION + 1}")
+    conn.close()
+    s = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs")
+    with pytest.raises(RuntimeError, match="newer"):
+        runner.run(s.open())
+
+
+def test_group_commit_batches_concurrent_commits(store, runner):
+    async def go():
+        before = store._writer.batches
+        ids = await asyncio.gather(*(commit(store, b"x" * 5000) for _ in range(100)))
+        return ids, store._writer.batches - before
+    ids, batches = runner.run(go())
+    assert len(set(ids)) == 100
+    assert batches < 100          # several commits shared one fsync round
+
+
+def test_processes_commit_concurrently(tmp_path, runner):
+    procs = [spawn(tmp_path, f"p{k}", 40, 8) for k in range(3)]
+    printed = {}
+    for k, p in enumerate(procs):
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        for line in out.splitlines():
+            n, qid = line.split()
+            printed[qid] = (f"p{k}", int(n))
+    assert len(printed) == 120
+
+    async def check():
+        s = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs")
+        await s.open()
+        try:
+            for qid, (tag, n) in printed.items():
+                m = await s.get_message(qid)
+                assert m is not None and s.read_body(m) == child_body(tag, n)
+            assert len(await s.list_messages(limit=1000)) == 120
+        finally:
+            await s.close()
+    runner.run(check())
+
+
+def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner):
+    p = spawn(tmp_path, "crash", 100_000, 16)
+    printed = {}
+    try:
+        for line in p.stdout:
+            n, qid = line.split()
+            printed[qid] = int(n)
+            if len(printed) >= 300:
+                break
+        os.kill(p.pid, signal.SIGKILL)       # mid-run: sessions are mid-DATA and mid-commit
+        for line in p.stdout:                # ids flushed before the kill also count
+            if line.endswith("\n"):
+                n, qid = line.split()
+                printed[qid] = int(n)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert len(printed) >= 300
+
+    async def check():
+        s = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs")
+        await s.open()
+        try:
+            await s.recover()
+            report = s.last_recovery
+            print("recovery after kill -9:", report)
+            assert report.exclusive and report.missing_blobs == 0
+            for qid, n in printed.items():
+                m = await s.get_message(qid)
+                assert m is not None, qid
+                assert s.read_body(m) == child_body("crash", n)
+            msgs = await s.list_messages(limit=1_000_000)
+            # every body file belongs to a message row and vice versa; tmp/ is empty
+            assert blob_files(tmp_path) == sorted(m.queue_id for m in msgs)
+            assert os.listdir(tmp_path / "blobs" / "tmp") == []
+            # committed messages resume: all claimable
+            got = await s.claim_due(2**40, 1_000_000, "after-crash", 60)
+            assert {m.queue_id for m in got} >= set(printed)
+        finally:
+            await s.close()
+    runner.run(check())
+
+
+def test_recover_removes_orphans_and_rows_without_body(store, runner, tmp_path):
+    async def go():
+        keep = await commit(store, b"keep")
+        lost = await commit(store, b"lost")
+        os.unlink(store.body_path(await store.get_message(lost)))
+        orphan_id = queueid.new_queue_id()
+        d = tmp_path / "blobs" / queueid.fanout(orphan_id)
+        d.mkdir(exist_ok=True)
+        (d / orphan_id).write_bytes(b"crash between link and DB commit")
+        assert await store.recover() == 2
+        r = store.last_recovery
+        assert (r.missing_blobs, r.orphan_blobs, r.tmp_files) == (1, 1, 0)
+        assert await store.get_message(lost) is None
+        assert await store.get_message(keep) is not None
+        assert not (d / orphan_id).exists()
+    runner.run(go())
+
+
+def test_queue_ids():
+    ids = [queueid.new_queue_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(queueid.is_valid(q) and len(q) == 16 for q in ids)
+    assert abs(queueid.timestamp(ids[0]) - __import__("time").time()) < 5
+    # a clock that steps back still yields increasing ids in one process
+    a = queueid.new_queue_id(now=2_000_000_000.0)
+    b = queueid.new_queue_id(now=1_000_000_000.0)
+    assert b > a
+    assert len(queueid.fanout(a)) == 2
+    assert not queueid.is_valid("../etc/passwd00")
