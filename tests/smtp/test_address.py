@@ -3,7 +3,7 @@ import pytest
 
 from mailwright.smtp import catalog
 from mailwright.smtp.address import (
-    ParseError, decode_xtext, parse_mail_params, parse_path, parse_rcpt_params, split_argument,
+    ParseError, decode_xtext, is_valid_helo, parse_mail_params, parse_path, parse_rcpt_params, split_argument,
 )
 from mailwright.smtp.events import Address, MailParams, RcptParams
 
@@ -76,6 +76,10 @@ def test_parse_path(path, sender, utf8, expected):
     ('""@c.d', False, False, catalog.BAD_RECIPIENT_SYNTAX),
     ('"a"b@c.d', False, False, catalog.BAD_RECIPIENT_SYNTAX),
     ('"a\x01"@c.d', False, False, catalog.BAD_RECIPIENT_SYNTAX),
+    ("a@xn---", True, False, catalog.BAD_SENDER_SYNTAX),       # label ends with "-"
+    ("a@-x.test", False, False, catalog.BAD_RECIPIENT_SYNTAX),
+    ("a@x-.test", False, False, catalog.BAD_RECIPIENT_SYNTAX),
+    ("a@" + "l" * 64 + ".test", False, False, catalog.BAD_RECIPIENT_SYNTAX),  # label > 63
     ("u@[300.1.1.1]", False, False, catalog.BAD_RECIPIENT_SYNTAX),
     ("u@[IPv6:zz::1]", False, False, catalog.BAD_RECIPIENT_SYNTAX),
     ("u@[1.2.3]", False, False, catalog.BAD_RECIPIENT_SYNTAX),
@@ -188,3 +192,14 @@ def test_decode_xtext(raw, decoded):
 def test_decode_xtext_errors(raw):
     with pytest.raises(ValueError):
         decode_xtext(raw)
+
+
+@pytest.mark.parametrize("arg, ok", [
+    ("mail.example.com", True), ("localhost", True), ("DESKTOP-AB12", True), ("my_pc", True),
+    ("192.0.2.1", True), ("[192.0.2.1]", True), ("[IPv6:::1]", True), ("xn--bcher-kva.example", True),
+    ("", False), ("a b", False), ("-a.test", False), ("a-.test", False), ("a..b", False),
+    ("[1.2.3]", False), ("x" * 64, False), ("\u00e9.test", False), ("a\tb", False),
+    (("a" * 63 + ".") * 4 + "a", False),                   # 257 octets
+])
+def test_is_valid_helo(arg, ok):
+    assert is_valid_helo(arg) is ok

@@ -8,7 +8,9 @@ from smtp.test_server_support import ENVELOPE, Peer, session
 from mailwright.smtp import catalog
 from mailwright.smtp.events import Address, Hello, MailFrom, MailParams, RcptParams, RcptTo
 from mailwright.smtp.replies import Reply
-from mailwright.smtp.server import SEQUENCE, TRANSITIONS, ServerConnection, ServerConfig, State
+from mailwright.smtp.server import (
+    SEQUENCE, TRANSITIONS, ServerConfig, ServerConnection, State, transition_diagram,
+)
 
 
 def test_greeting_and_ehlo_capabilities():
@@ -78,6 +80,9 @@ CORE_REPLIES = [
     (b"EHLO\r\n", ["501 5.5.4"]),
     (b"HELO   \r\n", ["501 5.5.4"]),
     (b"EHLO a\tb\r\n", ["501 5.5.4"]),
+    (b"EHLO two words\r\n", ["501 5.5.4"]),
+    (b"HELO " + b"a" * 1000 + b"\r\n", ["501 5.5.4"]),          # label > 63 (chasquid)
+    (b"EHLO [1.2.3]\r\n", ["501 5.5.4"]),
     (b"RSET now\r\n", ["501 5.5.4"]),
     (b"QUIT now\r\n", ["501 5.5.4"]),
     (b"MAIL FROM:<a@b.c>\r\n", ["503 5.5.1"]),             # before HELO/EHLO
@@ -314,8 +319,11 @@ def test_tables_are_consistent():
         assert set(rules) == command_states, verb
     for state in State:
         assert TRANSITIONS[(state, "close")] is State.CLOSED
-    for (src, _), dst in TRANSITIONS.items():
+    diagram = transition_diagram()
+    for (src, trigger), dst in TRANSITIONS.items():
         assert isinstance(src, State) and isinstance(dst, State)
+        if trigger != "close":
+            assert f"{src.name} --> {dst.name}: {trigger}" in diagram
 
 
 def test_every_catalog_reply_has_ascii_text_and_enhanced_code():

@@ -26,8 +26,8 @@ CHILD = textwrap.dedent("""
         return (f"Subject: {tag} {n}\\r\\n\\r\\n".encode()
                 + bytes(range(256)) * (n % 40 + 1) + b"\\r\\n")
 
-    async def main(db, blobs, tag, count, sessions):
-        s = SQLiteStore(db, blobs)
+    async def main(db, blobs, tag, count, sessions, method):
+        s = SQLiteStore(db, blobs, sync_method=method)
         await s.open()
         counter = iter(range(count))
 
@@ -45,8 +45,8 @@ CHILD = textwrap.dedent("""
         await asyncio.gather(*(session() for _ in range(sessions)))
         await s.close()
 
-    db, blobs, tag, count, sessions = sys.argv[1:6]
-    asyncio.run(main(db, blobs, tag, int(count), int(sessions)))
+    db, blobs, tag, count, sessions, method = sys.argv[1:7]
+    asyncio.run(main(db, blobs, tag, int(count), int(sessions), method))
 """)
 
 
@@ -61,10 +61,10 @@ def child_body(tag: str, n: int) -> bytes:
     return (f"Subject: {tag} {n}\r\n\r\n".encode() + bytes(range(256)) * (n % 40 + 1) + b"\r\n")
 
 
-def spawn(tmp_path, tag, count, sessions):
+def spawn(tmp_path, tag, count, sessions, method="fsync"):
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "queue.db"), str(tmp_path / "blobs"),
-         tag, str(count), str(sessions)],
+         tag, str(count), str(sessions), method],
         stdout=subprocess.PIPE, text=True)
 
 
@@ -102,14 +102,26 @@ def test_newer_schema_is_refused(tmp_path, runner):
         runner.run(s.open())
 
 
-def test_group_commit_batches_concurrent_commits(store, runner):
+@pytest.mark.parametrize("method", ["fsync", "syncfs"])
+def test_group_commit_batches_concurrent_commits(tmp_path, runner, method):
+    store = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs", sync_method=method)
+
     async def go():
-        before = store._writer.batches
-        ids = await asyncio.gather(*(commit(store, b"x" * 5000) for _ in range(100)))
-        return ids, store._writer.batches - before
+        await store.open()
+        try:
+            before = store._writer.batches
+            bodies = [b"%d " % i + os.urandom(5000) for i in range(100)]
+            ids = await asyncio.gather(*(commit(store, b) for b in bodies))
+            batches = store._writer.batches - before
+            for qid, body in zip(ids, bodies):
+                assert store.read_body(await store.get_message(qid)) == body
+            assert os.listdir(tmp_path / "blobs" / "tmp") == []
+            return ids, batches
+        finally:
+            await store.close()
     ids, batches = runner.run(go())
     assert len(set(ids)) == 100
-    assert batches < 100          # several commits shared one fsync round
+    assert batches < 100          # several commits shared one sync round
 
 
 def test_processes_commit_concurrently(tmp_path, runner):
@@ -136,8 +148,9 @@ def test_processes_commit_concurrently(tmp_path, runner):
     runner.run(check())
 
 
-def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner):
-    p = spawn(tmp_path, "crash", 100_000, 16)
+@pytest.mark.parametrize("method", ["fsync", "syncfs"])
+def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner, method):
+    p = spawn(tmp_path, "crash", 100_000, 16, method)
     printed = {}
     try:
         for line in p.stdout:

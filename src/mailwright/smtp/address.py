@@ -16,7 +16,8 @@ Invariants:
   angle brackets when the argument is a single word without parameters
   (``RCPT TO: user@host``); dots anywhere in an unquoted local part (``a..b``, ``a.`` are
   still used by some mobile carriers; Postfix accepts them too); ``_`` in domain labels;
-  lower-case hex in xtext.
+  lower-case hex in xtext.  Domain labels follow RFC 5321 (no leading or trailing "-",
+  at most 63 octets), so ``a@xn---`` is refused.
 * Strictness: the null path ``<>`` only for MAIL; ``<postmaster>`` without a domain only
   for RCPT (RFC 5321 §4.5.1); length limits of RFC 5321 §4.5.3.1 (local part 64, domain
   255, path 256 octets including the brackets); non-ASCII only with SMTPUTF8 (RFC 6531).
@@ -34,7 +35,7 @@ from .replies import Reply
 
 __all__ = [
     "ParseError", "split_argument", "parse_path", "parse_mail_params",
-    "parse_rcpt_params", "decode_xtext",
+    "parse_rcpt_params", "decode_xtext", "is_valid_helo",
 ]
 
 
@@ -53,8 +54,12 @@ MAX_PATH = 256      # RFC 5321 §4.5.3.1.3, including "<" and ">"
 _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
 _LOCAL_ASCII = re.compile(rf"[{_ATEXT}.]+")
 _LOCAL_UTF8 = re.compile(rf"(?:[{_ATEXT}.]|[^\x00-\x7f])+")
-_DOMAIN_ASCII = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-_DOMAIN_UTF8 = re.compile(r"(?:[A-Za-z0-9_-]|[^\x00-\x7f])+(?:\.(?:[A-Za-z0-9_-]|[^\x00-\x7f])+)*")
+# sub-domain = Let-dig [Ldh-str] (RFC 5321 §4.1.2), at most 63 octets (RFC 1035 §2.3.4);
+# "_" is tolerated anywhere in a label.  U-labels (RFC 6531) take any non-ASCII character.
+_LABEL_ASCII = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_LABEL_UTF8 = r"(?:[A-Za-z0-9_]|[^\x00-\x7f])(?:(?:[A-Za-z0-9_-]|[^\x00-\x7f]){0,61}(?:[A-Za-z0-9_]|[^\x00-\x7f]))?"
+_DOMAIN_ASCII = re.compile(rf"{_LABEL_ASCII}(?:\.{_LABEL_ASCII})*")
+_DOMAIN_UTF8 = re.compile(rf"{_LABEL_UTF8}(?:\.{_LABEL_UTF8})*")
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+")  # §4.1.3
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")                                # §4.1.2
 _ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")                               # §4.1.2
@@ -231,6 +236,20 @@ def _check_domain(domain: str, utf8: bool, bad: Reply) -> bool:
     if not (_DOMAIN_UTF8 if utf8 else _DOMAIN_ASCII).fullmatch(domain):
         raise ParseError(bad)
     return False
+
+
+def is_valid_helo(arg: str) -> bool:
+    """EHLO/HELO argument: one Domain or address-literal (RFC 5321 §4.1.1.1).
+
+    Only syntax: whether the name resolves or matches the client is policy's business.
+    Unqualified names ("EHLO DESKTOP-1") and bare IPs pass the Domain grammar."""
+    if len(arg) > MAX_DOMAIN or not arg.isascii():
+        return False
+    try:
+        _check_domain(arg, False, catalog.SYNTAX_EHLO)
+    except ParseError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------- parameters

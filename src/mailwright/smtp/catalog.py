@@ -47,6 +47,20 @@ START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
 #: 452: recipient limit reached; the client retries the rest later (RFC 5321 §4.5.3.1.10).
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+#: 421 instead of the greeting when the listener is full (then close, RFC 5321 §3.8).
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+#: Any failure on our side that a retry may cure (GUIDE idea 4: unknown means 4xx).
+TEMP_LOCAL_ERROR = Reply(451, "4.3.0", "Temporary local error, try again later")
+#: The body could not be stored (disk full, blob write failed), RFC 3463 X.3.1.
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+
+# ------------------------------------------------------------------ 5xx: policy (used by policy/)
+
+#: Recipient has no mailbox or alias here (RFC 3463 X.1.1).
+UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
+#: Relaying refused (RFC 3463 X.7.1), as Postfix answers.
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 
 # ------------------------------------------------------------------ 5xx: command level
 

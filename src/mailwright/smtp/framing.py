@@ -23,7 +23,7 @@ Policy
   peer sent after them up to the real ``CRLF . CRLF`` is never read as commands.
 * **Size**: stored octets (after unstuffing) are counted; beyond ``max_size`` the reader
   stops emitting content, consumes to the end, and the server answers
-  ``552 5.3.4`` (RFC 1870 §6.3).
+  ``552 5.3.4`` (RFC 1870 §6).
 * **Long lines**: data lines longer than 1000 octets (RFC 5321 §4.5.3.1.6) are accepted
   as they are; the limit matters only for what we send, not what we accept.
 * **BDAT** (RFC 3030): exactly the announced number of octets is read, raw, no dot
@@ -51,49 +51,61 @@ _DOT = 0x2E
 class BodyInspector:
     """Content policy over the raw octets of one message: line endings, NUL, size.
 
-    ``rejection`` becomes one of the ``REJECT_*`` strings at the first violation
-    and never changes afterwards.
+    ``rejection`` is None while the message is acceptable, else one of the ``REJECT_*``
+    strings. Bad octets (NUL, bare CR/LF) take precedence over size and are looked for
+    even after the size limit was passed, so the verdict does not depend on how the peer's
+    octets were segmented into reads.
     """
 
-    __slots__ = ("max_size", "size", "rejection", "_pending_cr")
+    __slots__ = ("max_size", "size", "_bad", "_too_big", "_pending_cr")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.size = 0                       # stored octets so far
-        self.rejection: str | None = None
+        self._bad: str | None = None        # first octet-level violation, final once set
+        self._too_big = False
         self._pending_cr = False            # the last raw octet seen was a CR
+
+    @property
+    def rejection(self) -> str | None:
+        if self._bad is not None:
+            return self._bad
+        return REJECT_SIZE if self._too_big else None
 
     def check_raw(self, raw: bytes) -> None:
         """Check raw octets (before unstuffing) for bare CR/LF and NUL."""
-        if self.rejection is not None or not raw:
+        if self._bad is not None or not raw:
             return
         if b"\0" in raw:
-            self.rejection = REJECT_NUL
+            self._bad = REJECT_NUL
             return
-        start = 0
         if self._pending_cr:
             if raw[0] != _LF:
-                self.rejection = REJECT_BARE_LINE_ENDING
+                self._bad = REJECT_BARE_LINE_ENDING
                 return
-            start = 1
-        crlf = raw.count(b"\r\n", start)
-        cr = raw.count(b"\r", start)
-        lf = raw.count(b"\n", start)
-        self._pending_cr = raw[-1] == _CR and len(raw) > start
+            raw = raw[1:]
+        self._pending_cr = raw.endswith(b"\r")      # may pair with an LF in the next piece
         if self._pending_cr:
-            cr -= 1                          # may pair with an LF in the next piece
-        if cr != crlf or lf != crlf:
-            self.rejection = REJECT_BARE_LINE_ENDING
+            raw = raw[:-1]
+        # Remove every CRLF; any CR or LF left over is bare.  (split+join and two memchr
+        # passes beat counting "\r\n", "\r" and "\n" separately.)
+        if b"\r" in raw or b"\n" in raw:
+            rest = b"".join(raw.split(b"\r\n"))
+            if b"\r" in rest or b"\n" in rest:
+                self._bad = REJECT_BARE_LINE_ENDING
+
+    def mark_too_big(self) -> None:
+        self._too_big = True
 
     def add_size(self, n: int) -> None:
         self.size += n
-        if self.rejection is None and self.size > self.max_size:
-            self.rejection = REJECT_SIZE
+        if self.size > self.max_size:
+            self._too_big = True
 
     def finish(self) -> None:
         """End of content: a trailing CR is bare."""
-        if self._pending_cr and self.rejection is None:
-            self.rejection = REJECT_BARE_LINE_ENDING
+        if self._pending_cr and self._bad is None:
+            self._bad = REJECT_BARE_LINE_ENDING
         self._pending_cr = False
 
 
@@ -119,15 +131,26 @@ class DataDecoder:
         n = len(buf)
         if pos >= n:
             return pos, None, False
-        if self._at_bol and buf[pos] == _DOT:
+        at_bol = self._at_bol
+        stuffed = at_bol and buf[pos] == _DOT
+        if stuffed:
             if buf.startswith(b".\r\n", pos):
                 return pos + 3, None, True           # terminator; its CRLF came earlier
             if n - pos < 3 and b".\r\n".startswith(buf[pos:]):
                 return pos, None, False              # "." or ".\r": wait for more
-        idx = buf.find(b"\r\n.\r\n", pos)
-        if idx >= 0:
-            end, new_pos, done = idx + 2, idx + 5, True
-        else:
+        # One pass finds both the terminator and dot-stuffed lines ("\r\n." not followed
+        # by "\r\n"); usually the terminator is the only hit.
+        end = -1
+        idx = buf.find(b"\r\n.", pos)
+        while idx >= 0:
+            if buf.startswith(b"\r\n", idx + 3):
+                end, new_pos, done = idx + 2, idx + 5, True
+                break
+            if idx + 5 > n:
+                break                                # maybe a terminator still arriving
+            stuffed = True
+            idx = buf.find(b"\r\n.", idx + 3)
+        if end < 0:
             end = n - 4                              # hold back a possible terminator prefix
             if end > pos and buf[end - 1] == _CR:
                 end -= 1                             # never split a CRLF
@@ -139,8 +162,8 @@ class DataDecoder:
         inspector.check_raw(raw)
         content: bytes | None = None
         if inspector.rejection is None:
-            content = raw.replace(b"\r\n.", b"\r\n")     # RFC 5321 §4.5.2
-            if self._at_bol and raw[0] == _DOT:
+            content = raw.replace(b"\r\n.", b"\r\n") if stuffed else raw    # RFC 5321 §4.5.2
+            if at_bol and raw[0] == _DOT:
                 content = content[1:]
             inspector.add_size(len(content))
             if inspector.rejection is not None or not content:
@@ -165,8 +188,8 @@ class BdatReader:
         self.chunk_size = size
         self.last = last
         ins = self.inspector
-        if ins.rejection is None and ins.size + size > ins.max_size:
-            ins.rejection = REJECT_SIZE     # known now: emit nothing of this chunk
+        if ins.size + size > ins.max_size:
+            ins.mark_too_big()              # known now: emit nothing of this chunk
 
     def feed(self, buf: bytes, pos: int) -> tuple[int, bytes | None, bool]:
         """Consume up to ``remaining`` octets.  Returns ``(new_pos, content, chunk_done)``.

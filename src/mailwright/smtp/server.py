@@ -56,7 +56,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import catalog
-from .address import ParseError, parse_mail_params, parse_path, parse_rcpt_params, split_argument
+from .address import (
+    ParseError, is_valid_helo, parse_mail_params, parse_path, parse_rcpt_params, split_argument,
+)
 from .events import (
     NEED_DATA, NEEDS_RESPONSE, PAUSED, BdatChunkAccepted, BodyChunk, BodyComplete,
     BodyRejected, CloseConnection, DataStarted, Hello, MailFrom, RcptTo, StartTLS,
@@ -67,10 +69,13 @@ from .framing import (
 )
 from .replies import Reply
 
-__all__ = ["ServerConfig", "ServerConnection", "State", "TRANSITIONS", "SEQUENCE"]
+__all__ = ["ServerConfig", "ServerConnection", "State", "TRANSITIONS", "SEQUENCE",
+           "transition_diagram"]
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__   # members are singletons; skip Enum's Python-level hash
+
     CONNECTED = "connected"      # greeting sent (or TLS just established): needs EHLO/HELO
     GREETED = "greeted"          # EHLO/HELO accepted, no mail transaction
     MAIL = "mail"                # MAIL accepted, no recipient accepted yet
@@ -105,6 +110,19 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (src, trigger): dst for trigger, sources, dst in _RULES for src in sources
 }
 
+
+def transition_diagram() -> str:
+    """The state machine as a Mermaid ``stateDiagram-v2`` (for docs), from TRANSITIONS."""
+    lines = ["stateDiagram-v2", f"    [*] --> {_C.name}"]
+    for trigger, sources, dst in _RULES:
+        if trigger == "close":
+            lines.append(f"    {dst.name} --> [*]")
+            lines.append(f"    note left of {dst.name}: from any state on QUIT, 421, EOF")
+            continue
+        lines.extend(f"    {src.name} --> {dst.name}: {trigger}" for src in sources)
+    return "\n".join(lines) + "\n"
+
+
 #: Sequence rules for verbs whose legality depends on the state (RFC 5321 §4.1.4,
 #: RFC 3030 §2, RFC 3207 §4).  ``None`` = legal; a Reply = refuse with it.  Verbs not
 #: listed (EHLO, HELO, RSET, NOOP, QUIT, VRFY, EXPN, HELP) are legal in every state in
@@ -136,6 +154,12 @@ _REJECTION_REPLIES = {
 
 _INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 
+#: Serialised catalog replies, by identity (catalog values live as long as the process).
+_WIRE: dict[int, bytes] = {id(v): v.to_bytes() for v in vars(catalog).values()
+                           if isinstance(v, Reply)}
+#: Default EHLO/HELO replies, by (hostname, size, offer STARTTLS, extended).
+_HELLO_WIRE: dict[tuple[str, int, bool, bool], bytes] = {}
+
 
 @dataclass
 class ServerConfig:
@@ -145,7 +169,7 @@ class ServerConfig:
     max_line_length: int = 2048                # command line including CRLF
     max_errors: int = 10                       # error replies before 421 and close
     command_timeout: float = 300.0             # RFC 5321 §4.5.3.2.7
-    data_timeout: float = 300.0                # per data block, RFC 5321 §4.5.3.2.6
+    data_timeout: float = 300.0                # restarts on every block received (§4.5.3.2.7)
     tls_available: bool = False                # offer STARTTLS
     tls_active: bool = False                   # implicit TLS (port 465)
     greeting_text: str | None = None           # after the host name in the 220 banner
@@ -181,12 +205,6 @@ class ServerConnection:
         self._decoder: DataDecoder | None = None
         self._bdat: BdatReader | None = None
         self._in_chunk = False          # reading BDAT octets
-        self._handlers = {
-            "EHLO": self._ehlo, "HELO": self._helo, "MAIL": self._mail, "RCPT": self._rcpt,
-            "DATA": self._data, "BDAT": self._bdat_cmd, "RSET": self._rset,
-            "NOOP": self._noop, "QUIT": self._quit, "VRFY": self._vrfy, "HELP": self._help,
-            "STARTTLS": self._starttls,
-        }
 
     # ------------------------------------------------------------ public API
 
@@ -201,6 +219,11 @@ class ServerConnection:
     @property
     def tls_active(self) -> bool:
         return self._tls_active
+
+    @property
+    def awaiting_response(self) -> bool:
+        """True while an event from NEEDS_RESPONSE waits for ``respond()``."""
+        return self._awaiting is not None
 
     @property
     def error_count(self) -> int:
@@ -233,7 +256,7 @@ class ServerConnection:
         else:
             self._buf += data
         if self._reading_octets():
-            self._timer_base = now      # data timeout is per block (RFC 5321 §4.5.3.2.6)
+            self._timer_base = now      # data timeout restarts per block received
 
     def eof_received(self) -> None:
         """The peer closed its side.  Complete buffered commands are still processed."""
@@ -272,15 +295,16 @@ class ServerConnection:
             self._now = now
         self._timer_base = self._now
         if isinstance(ev, Hello):
-            if reply is None:
-                reply = self.ehlo_reply() if ev.extended else catalog.helo_ok(self.config.hostname)
-            if reply.is_positive:
+            if reply is None or reply.is_positive:
                 self.helo_name, self.esmtp = ev.hostname, ev.extended
                 self._goto("hello")
             else:
                 self.helo_name, self.esmtp = None, False
                 self._goto("hello-rejected")
-            self._send(reply)
+            if reply is None:
+                self._out += self._hello_wire(ev.extended)
+            else:
+                self._send(reply)
         elif isinstance(ev, MailFrom):
             reply = reply or catalog.SENDER_OK
             if reply.is_positive:
@@ -315,8 +339,7 @@ class ServerConnection:
         self._now = now
         deadline = self.get_timer()
         if deadline is not None and now >= deadline:
-            self._send(catalog.timeout(self.config.hostname), count=False)
-            self._close("timeout")
+            self._send(catalog.timeout(self.config.hostname), reason="timeout")
 
     def tls_established(self, now: float) -> None:
         """The driver finished the STARTTLS handshake: forget everything (RFC 3207 §4.2)."""
@@ -347,12 +370,25 @@ class ServerConnection:
             self._awaiting = ev
         return ev
 
-    def _send(self, reply: Reply, count: bool = True) -> None:
-        if self._state is State.CLOSED:
+    def _hello_wire(self, extended: bool) -> bytes:
+        cfg = self.config
+        key = (cfg.hostname, cfg.max_message_size,
+               cfg.tls_available and not self._tls_active, extended)
+        wire = _HELLO_WIRE.get(key)
+        if wire is None:
+            reply = self.ehlo_reply() if extended else catalog.helo_ok(cfg.hostname)
+            wire = reply.to_bytes()
+            if len(_HELLO_WIRE) < 64:
+                _HELLO_WIRE[key] = wire
+        return wire
+
+    def _send(self, reply: Reply, count: bool = True, reason: str | None = None) -> None:
+        if self._state is _X:
             return
-        self._out += reply.to_bytes()
+        wire = _WIRE.get(id(reply))
+        self._out += wire if wire is not None else reply.to_bytes()
         if reply.code == 421:                       # RFC 5321 §3.8: closing
-            self._close(f"{reply.code} {reply.enhanced}")
+            self._close(reason or f"421 {reply.enhanced} reply")
             return
         if count and reply.code >= 400 and reply is not catalog.TOO_MANY_RECIPIENTS:
             self._errors += 1
@@ -371,8 +407,7 @@ class ServerConnection:
 
     def _internal_error(self) -> None:
         self._events.clear()
-        self._send(_INTERNAL_ERROR, count=False)
-        self._close("internal error")
+        self._send(_INTERNAL_ERROR, reason="internal error")
 
     def _reading_octets(self) -> bool:
         return self._state is State.DATA or self._in_chunk or self._discard > 0
@@ -522,12 +557,12 @@ class ServerConnection:
             # RFC 6531: UTF-8 is allowed in MAIL/RCPT addresses only.
             self._send(catalog.NON_ASCII_COMMAND)
             return
-        handler = self._handlers.get(verb)
+        handler = _HANDLERS.get(verb)
         if handler is None:
             self._send(catalog.NOT_IMPLEMENTED if verb in _NOT_IMPLEMENTED
                        else catalog.UNRECOGNIZED)
             return
-        handler(arg.strip(" "))
+        handler(self, arg.strip(" "))
 
     def _ehlo(self, arg: str) -> None:
         self._hello(arg, True)
@@ -536,8 +571,9 @@ class ServerConnection:
         self._hello(arg, False)
 
     def _hello(self, arg: str, extended: bool) -> None:
-        """RFC 5321 §4.1.1.1.  A re-issued EHLO/HELO resets the transaction."""
-        if not arg or not arg.isprintable():
+        """RFC 5321 §4.1.1.1.  A re-issued EHLO/HELO resets the transaction.
+        The argument must be one Domain or address-literal (syntax only)."""
+        if not is_valid_helo(arg):
             self._send(catalog.SYNTAX_EHLO if extended else catalog.SYNTAX_HELO)
             return
         if self._state is not State.CONNECTED:
@@ -562,7 +598,7 @@ class ServerConnection:
             self._send(exc.reply)
             return
         if params.size is not None and params.size > self.config.max_message_size:
-            self._send(catalog.MESSAGE_TOO_BIG)      # RFC 1870 §6.1
+            self._send(catalog.MESSAGE_TOO_BIG)      # RFC 1870 §6
             return
         self._emit(MailFrom(address, params))
 
@@ -606,7 +642,7 @@ class ServerConnection:
                 or len(parts[0]) > 18 or (len(parts) == 2 and parts[1].upper() != "LAST")):
             # The octet count is unknown, so the next command cannot be found.
             self._send(catalog.SYNTAX_BDAT)
-            self._send(catalog.bdat_framing_lost(self.config.hostname), count=False)
+            self._send(catalog.bdat_framing_lost(self.config.hostname), reason="BDAT framing lost")
             return
         size, last = int(parts[0]), len(parts) == 2
         if self._refused("BDAT"):
@@ -669,3 +705,13 @@ class ServerConnection:
         self._buf, self._pos = b"", 0                # CVE-2011-0411: drop pipelined bytes
         self._goto("starttls")
         self._emit(StartTLS())
+
+
+_HANDLERS = {
+    "EHLO": ServerConnection._ehlo, "HELO": ServerConnection._helo,
+    "MAIL": ServerConnection._mail, "RCPT": ServerConnection._rcpt,
+    "DATA": ServerConnection._data, "BDAT": ServerConnection._bdat_cmd,
+    "RSET": ServerConnection._rset, "NOOP": ServerConnection._noop,
+    "QUIT": ServerConnection._quit, "VRFY": ServerConnection._vrfy,
+    "HELP": ServerConnection._help, "STARTTLS": ServerConnection._starttls,
+}

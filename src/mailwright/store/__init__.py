@@ -32,7 +32,7 @@ def open_store(kind: str, **options: Any) -> Store:
 
     sqlite options: ``path`` (database file), ``blob_dir`` (body directory), and the
     keyword options of ``SQLiteStore`` (``busy_timeout``, ``lock_retry_seconds``,
-    ``fsync_threads``, ``max_batch``, ``recover_grace_seconds``)."""
+    ``sync_method``, ``fsync_threads``, ``max_batch``, ``recover_grace_seconds``)."""
     try:
         factory = BACKENDS[kind]
     except KeyError:
