@@ -27,6 +27,9 @@ Schema (version 1):
   ``recipients_due`` covers only QUEUED rows, so ``claim_due`` stays fast however
   much delivered history is retained.
 * ``attempts`` -- every delivery attempt (recipient, time, ok, permanent, reply).
+
+Version 2 adds ``send_as(login → mailboxes, address)``: sender addresses granted to a
+login for submission (``*@domain`` grants a whole domain).
 """
 from __future__ import annotations
 
@@ -110,6 +113,15 @@ MIGRATIONS: list[list[str]] = [
             reply        TEXT NOT NULL DEFAULT ''
         )""",
         "CREATE INDEX attempts_recipient ON attempts(recipient_id, at)",
+    ],
+    # 1 -> 2: send-as grants for submission (an authenticated user may use these sender
+    # addresses besides their own mailbox and the aliases that deliver to it).
+    [
+        """CREATE TABLE send_as (
+            login   TEXT NOT NULL REFERENCES mailboxes(address) ON DELETE CASCADE,
+            address TEXT NOT NULL,
+            PRIMARY KEY (login, address)
+        )""",
     ],
 ]
 
