@@ -29,7 +29,8 @@ Schema (version 1):
 * ``attempts`` -- every delivery attempt (recipient, time, ok, permanent, reply).
 
 Version 2 adds ``send_as(login → mailboxes, address)``: sender addresses granted to a
-login for submission (``*@domain`` grants a whole domain).
+login for submission (``*@domain`` grants a whole domain), and ``mailboxes.scram_sha256``,
+the SCRAM-SHA-256 verifier (RFC 7677) kept beside the scrypt password hash.
 """
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ MIGRATIONS: list[list[str]] = [
             address TEXT NOT NULL,
             PRIMARY KEY (login, address)
         )""",
+        # RFC 5802/7677 SCRAM-SHA-256 verifier "salt_b64$iterations$storedkey_b64$serverkey_b64"
+        # derived when the password is set ('' = SCRAM unavailable for this login).
+        "ALTER TABLE mailboxes ADD COLUMN scram_sha256 TEXT NOT NULL DEFAULT ''",
     ],
 ]
 
