@@ -41,7 +41,11 @@ class MailServer:
     """A server process with its own config file and data directory."""
 
     def __init__(self, tmp: Path, domains=("example.test",), extra_toml: str = "",
-                 workers: int = 1, hostname: str = "mx.example.test") -> None:
+                 workers: int = 1, hostname: str = "mx.example.test",
+                 submission: bool = False, extra_sections: str = "") -> None:
+        """``submission=True`` adds listeners "submission" (STARTTLS, ``self.sub_port``)
+        and "submissions" (implicit TLS, ``self.subs_port``).  ``extra_toml`` goes before
+        the listeners (top-level keys), ``extra_sections`` after them ([tables])."""
         self.tmp = Path(tmp)
         self.data_dir = self.tmp / "data"
         self.port = free_port()
@@ -59,6 +63,17 @@ class MailServer:
             f'name = "smtp"\naddress = "127.0.0.1"\nport = {self.port}\n'
             f'role = "mx"\ntls = "starttls"\n'
         )
+        self.sub_port = self.subs_port = None
+        if submission:
+            self.sub_port, self.subs_port = free_port(), free_port()
+            with open(self.config, "a") as f:
+                f.write(f'[[listeners]]\nname = "submission"\naddress = "127.0.0.1"\n'
+                        f'port = {self.sub_port}\nrole = "submission"\ntls = "starttls"\n'
+                        f'[[listeners]]\nname = "submissions"\naddress = "127.0.0.1"\n'
+                        f'port = {self.subs_port}\nrole = "submissions"\ntls = "implicit"\n')
+        if extra_sections:
+            with open(self.config, "a") as f:
+                f.write(extra_sections + "\n")
         self.proc: subprocess.Popen | None = None
         self.log_path = self.tmp / "server.log"
 

@@ -1,4 +1,4 @@
-"""The one admin service: domains, mailboxes (users), aliases and the queue.
+"""The one admin service: domains, mailboxes (users), aliases, send-as grants and the queue.
 
 What: ``AdminService(store)`` validates operator input and applies it to a ``Store``. The CLI
 (``cli/main.py``) and the web page are thin faces over it (GUIDE idea 15): they parse
@@ -15,7 +15,10 @@ Invariants:
   never both a mailbox and an alias source; alias targets in local domains must resolve
   (mailbox, alias, sub-address of a mailbox or a catch-all) and aliases never form a loop.
 * Nothing this service returns carries a password hash: ``UserInfo`` only says whether a
-  password is set.
+  password is set.  Setting a password stores its scrypt hash and its SCRAM-SHA-256
+  verifier (RFC 7677) together, so every SASL mechanism works with the same password.
+* A send-as grant (``grant_send_as``) names an existing mailbox and an address or
+  ``*@domain``; the submission listeners let the mailbox use it as a sender.
 * Errors are ``AdminError`` subclasses: ``InvalidInput`` (bad syntax: a usage error, exit 2 in
   the CLI), ``NotFound``, ``AlreadyExists``, ``Conflict`` (operation refused: exit 1).
 """
@@ -29,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 from ..queue.model import QueuedMessage, RecipientState
 from ..store.base import DuplicateError, Mailbox, NotFoundError, Store
+from ..smtp.sasl import derive_scram_verifier
 from .passwords import hash_password, verify_password
 
 __all__ = [
@@ -251,9 +255,9 @@ class AdminService:
             raise AlreadyExists(f"mailbox {addr} already exists")
         if any(a.source == addr for a in await self.store.list_aliases()):
             raise Conflict(f"{addr} is an alias; remove the alias first")
-        hashed = await asyncio.to_thread(hash_password, password) if password else ""
+        hashed, scram = await self._password_forms(password)
         try:
-            await self.store.add_mailbox(addr, hashed, quota)
+            await self.store.add_mailbox(addr, hashed, quota, scram)
         except DuplicateError:
             raise AlreadyExists(f"mailbox {addr} already exists") from None
         except NotFoundError as e:
@@ -287,10 +291,53 @@ class AdminService:
         addr = normalise_address(address)
         if await self.store.get_mailbox(addr) is None:
             raise NotFound(f"mailbox {addr} does not exist")
-        hashed = await asyncio.to_thread(hash_password, password) if password else ""
-        if not await self.store.set_password(addr, hashed):
+        hashed, scram = await self._password_forms(password)
+        if not await self.store.set_password(addr, hashed, scram):
             raise NotFound(f"mailbox {addr} does not exist")
         return addr
+
+    @staticmethod
+    async def _password_forms(password: str | None) -> tuple[str, str]:
+        """(scrypt hash, SCRAM-SHA-256 verifier) of ``password``; ("", "") for none."""
+        if not password:
+            return "", ""
+        return await asyncio.to_thread(
+            lambda: (hash_password(password), derive_scram_verifier(password)))
+
+    # ---- send-as grants (submission)
+
+    @staticmethod
+    def _grant_address(address: str) -> str:
+        if isinstance(address, str) and address.strip().startswith("*@"):
+            return "*@" + normalise_domain(address.strip()[2:])
+        return normalise_address(address, mailbox=False)
+
+    async def grant_send_as(self, login: str, address: str) -> str:
+        """Let mailbox ``login`` use ``address`` ("user@domain" or "*@domain") as sender."""
+        lg = normalise_address(login)
+        addr = self._grant_address(address)
+        if await self.store.get_mailbox(lg) is None:
+            raise NotFound(f"mailbox {lg} does not exist")
+        try:
+            await self.store.add_send_as(lg, addr)
+        except DuplicateError:
+            raise AlreadyExists(f"{lg} may already send as {addr}") from None
+        except NotFoundError:
+            raise NotFound(f"mailbox {lg} does not exist") from None
+        return addr
+
+    async def revoke_send_as(self, login: str, address: str) -> str:
+        lg = normalise_address(login)
+        addr = self._grant_address(address)
+        if not await self.store.remove_send_as(lg, addr):
+            raise NotFound(f"{lg} has no grant for {addr}")
+        return addr
+
+    async def list_send_as(self, login: str) -> list[str]:
+        lg = normalise_address(login)
+        if await self.store.get_mailbox(lg) is None:
+            raise NotFound(f"mailbox {lg} does not exist")
+        return await self.store.list_send_as(lg)
 
     async def set_quota(self, address: str, quota: int) -> str:
         """Change the mailbox quota in bytes (0 = unlimited)."""

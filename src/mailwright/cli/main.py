@@ -10,9 +10,12 @@ mailwright.cli.main``). Commands::
     mailwright [-c FILE] user list [DOMAIN] [--json] | user remove ADDRESS
     mailwright [-c FILE] user passwd ADDRESS [--password-stdin] [--clear]
     mailwright [-c FILE] user quota ADDRESS BYTES
+    mailwright [-c FILE] user grant LOGIN ADDRESS | user revoke LOGIN ADDRESS
+    mailwright [-c FILE] user grants LOGIN [--json]
     mailwright [-c FILE] alias add SOURCE TARGET... | alias list [--json] | alias remove SOURCE
     mailwright [-c FILE] queue list [--state S] [--json] | queue show ID [--json]
     mailwright [-c FILE] queue hold|release|delete ID
+    mailwright [-c FILE] sendmail [sendmail options] [RECIPIENT...]   (cli/sendmail.py)
     mailwright --version
 
 How: a thin face over ``admin.service.AdminService`` (GUIDE idea 15). Admin commands load
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = cmds.add_parser("serve", help="run the mail server", parents=[common])
     serve.set_defaults(func=cmd_serve)
+    # Listed for --help only: main() hands "sendmail" and its raw arguments to cli/sendmail.
+    cmds.add_parser("sendmail", help="queue a message from standard input "
+                                     "(sendmail-compatible: -t -i -f -F RECIPIENT...)")
 
     cfg = group("config", "configuration")
     sub(cfg, "check", "validate the configuration and print the effective settings",
@@ -132,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub(usr, "quota", "change a mailbox quota", cmd_user_quota)
     q.add_argument("address")
     q.add_argument("quota", type=parse_size, metavar="BYTES")
+    g = sub(usr, "grant", "let LOGIN send as ADDRESS (or *@domain) on submission",
+            cmd_user_grant)
+    g.add_argument("login")
+    g.add_argument("address")
+    g = sub(usr, "revoke", "withdraw a send-as grant", cmd_user_revoke)
+    g.add_argument("login")
+    g.add_argument("address")
+    sub(usr, "grants", "list the send-as grants of LOGIN", cmd_user_grants,
+        json_flag=True).add_argument("login")
 
     al = group("alias", "aliases")
     a = sub(al, "add", "add an alias (SOURCE may be @domain: catch-all)", cmd_alias_add)
@@ -322,6 +337,28 @@ async def cmd_user_quota(ctx: Context) -> int:
     return EXIT_OK
 
 
+async def cmd_user_grant(ctx: Context) -> int:
+    addr = await ctx.service.grant_send_as(ctx.args.login, ctx.args.address)
+    ctx.print(f"{ctx.args.login.strip().lower()} may now send as {addr}")
+    return EXIT_OK
+
+
+async def cmd_user_revoke(ctx: Context) -> int:
+    addr = await ctx.service.revoke_send_as(ctx.args.login, ctx.args.address)
+    ctx.print(f"revoked: {ctx.args.login.strip().lower()} may no longer send as {addr}")
+    return EXIT_OK
+
+
+async def cmd_user_grants(ctx: Context) -> int:
+    grants = await ctx.service.list_send_as(ctx.args.login)
+    if ctx.args.json:
+        ctx.json(grants)
+    else:
+        for g in grants:
+            ctx.print(g)
+    return EXIT_OK
+
+
 async def cmd_alias_add(ctx: Context) -> int:
     alias = await ctx.service.add_alias(ctx.args.source, ctx.args.targets)
     ctx.print(f"added alias {alias.source} -> {', '.join(alias.targets)}")
@@ -437,6 +474,26 @@ async def _run_admin(handler: Callable[[Context], Awaitable[int]], args: argpars
         await store.close()
 
 
+def _sendmail_argv(argv: list[str]) -> tuple[str | None, list[str]] | None:
+    """(config, arguments) if the command is ``sendmail``: its options follow sendmail's
+    conventions (``-fADDR``, ``-oi``), which argparse cannot parse."""
+    config = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            config = argv[i + 1]
+            i += 2
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+            i += 1
+        elif arg == "sendmail":
+            return config, argv[i + 1:]
+        else:
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
          stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 failed, 2 usage/config)."""
@@ -445,6 +502,12 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     inp = stdin or sys.stdin
+    split = _sendmail_argv(list(sys.argv[1:] if argv is None else argv))
+    if split is not None:
+        from . import sendmail
+        config, rest = split
+        binary = getattr(inp, "buffer", None) if stdin is not None else sys.stdin.buffer
+        return sendmail.main(rest, config=config, stdin=binary, stderr=err)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

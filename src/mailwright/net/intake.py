@@ -3,6 +3,17 @@
 What: binds (or adopts inherited) listening sockets, counts connections in total and per
 client IP (421 4.7.0 beyond the limits), keeps the in-memory directory snapshot fresh, and
 hands each connection an ``SmtpSession``.
+
+Submission (RFC 6409, RFC 8314): listeners with role ``submission`` (587, STARTTLS) or
+``submissions`` (465, implicit TLS) offer AUTH with the ``[submission]`` mechanisms (only
+once TLS is active unless ``require_tls = false``); role ``mx`` never offers AUTH.  The
+server owns the state sessions share for that: the ``AuthLimiter`` (failure counters per
+client IP and per account, in memory per process), the ``SenderAuthorization`` policy, and
+the credential look-ups (``verify_password`` runs scrypt in a thread and spends the same
+work on unknown accounts; ``scram_verifier``; ``send_as_grants``).
+
+Loop detection applies on every listener: a message whose header section holds more than
+``Limits.max_received_headers`` Received fields is refused at end of data.
 """
 from __future__ import annotations
 
@@ -13,11 +24,16 @@ import ssl
 from dataclasses import dataclass
 from typing import Callable
 
+from ..admin.passwords import hash_password, verify_password
+from ..config.submission import SubmissionSettings
+from ..policy.auth_limits import AuthLimiter
 from ..policy.pipeline import Pipeline
+from ..policy.submission import SenderAuthorization
 from ..policy.relay import RelayCheck
 from ..routing.directory import Directory
 from ..smtp import catalog
 from ..smtp.replies import Reply
+from ..smtp.sasl import ScramVerifier
 from ..smtp.server import ServerConfig
 from ..store.base import Store
 from .session import SmtpSession
@@ -30,8 +46,12 @@ class ListenerSpec:
     name: str
     address: str
     port: int
-    role: str = "mx"          # "mx" (port 25 role); "submission"/"submissions" next issue
+    role: str = "mx"          # "mx" (port 25) | "submission" (587) | "submissions" (465)
     tls: str = "starttls"     # "starttls" | "implicit" | "none"
+
+    @property
+    def submission(self) -> bool:
+        return self.role in ("submission", "submissions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +64,7 @@ class Limits:
     max_connections_per_ip: int = 50
     command_timeout: float = 300.0
     data_timeout: float = 300.0
+    max_received_headers: int = 50   # Postfix hopcount_limit; more = a loop (RFC 5321 §6.3)
 
 
 def bind_listener(spec: ListenerSpec, backlog: int = 1024) -> socket.socket:
@@ -64,7 +85,8 @@ class IntakeServer:
                  limits: Limits, ssl_context: ssl.SSLContext | None,
                  trusted_networks: list[str] | tuple[str, ...] = (),
                  on_commit: Callable[[str], None] | None = None,
-                 handshake_timeout: float = 30.0) -> None:
+                 handshake_timeout: float = 30.0,
+                 submission: SubmissionSettings | None = None) -> None:
         self.hostname = hostname
         self.store = store
         self.directory = directory
@@ -75,6 +97,10 @@ class IntakeServer:
         from ..policy.relay import RecipientCheck
         self.pipeline = Pipeline(rcpt_checks=[self.relay, RecipientCheck()])
         self.on_commit = on_commit
+        self.submission = submission or SubmissionSettings()
+        self.auth_limiter = AuthLimiter.from_settings(self.submission)
+        self.sender_auth = SenderAuthorization(self.submission)
+        self._dummy_hash: str | None = None
         self.connections = 0
         self.per_ip: dict[str, int] = {}
         self._servers: list[asyncio.base_events.Server] = []
@@ -118,9 +144,35 @@ class IntakeServer:
                 data_timeout=lim.data_timeout,
                 tls_available=self.ssl_context is not None and spec.tls == "starttls",
                 tls_active=spec.tls == "implicit",
+                auth_mechanisms=self.submission.mechanisms if spec.submission else (),
+                auth_requires_tls=self.submission.require_tls,
             )
             self._configs[spec.name] = config
         return config
+
+    # -- credentials (submission)
+
+    async def verify_password(self, login: str, password: str) -> bool:
+        """True if ``login`` is a mailbox with a password and ``password`` matches.
+        Unknown logins cost the same scrypt work, so timing does not reveal them."""
+        mailbox = await self.store.get_mailbox(login)
+        stored = mailbox.password_hash if mailbox is not None else ""
+        if not stored:
+            if self._dummy_hash is None:
+                self._dummy_hash = await asyncio.to_thread(hash_password, "mailwright-dummy")
+            await asyncio.to_thread(verify_password, password, self._dummy_hash)
+            return False
+        return await asyncio.to_thread(verify_password, password, stored)
+
+    async def scram_verifier(self, login: str) -> ScramVerifier | None:
+        getter = getattr(self.store, "get_scram_verifier", None)
+        if getter is None:
+            return None
+        return ScramVerifier.decode(await getter(login))
+
+    async def send_as_grants(self, login: str) -> tuple[str, ...]:
+        lister = getattr(self.store, "list_send_as", None)
+        return tuple(await lister(login)) if lister is not None else ()
 
     def message_committed(self, queue_id: str) -> None:
         if self.on_commit is not None:

@@ -8,9 +8,28 @@ How: the core is pumped synchronously from ``data_received``; a step that must w
 an asynchronous policy check, the TLS handshake) marks the session busy and pauses reading, so
 replies still leave in command order (RFC 2920) and a pipelining client cannot run ahead.
 
+Submission (listener roles ``submission``/``submissions``, RFC 6409):
+
+* AUTH: the core emits ``AuthStart``/``AuthResponse``; ``_auth`` runs the SASL mechanism
+  (smtp/sasl.py), checks the password (scrypt in a thread) or fetches the SCRAM verifier,
+  and answers 334 / ``235 2.7.0`` / ``535 5.7.8``.  Failures are counted per client IP and
+  per account (policy/auth_limits.py) and answered after a growing delay; a locked-out
+  address gets ``421 4.7.0`` and is disconnected, a locked-out account ``454 4.7.0``.
+* MAIL needs a successful AUTH (``530 5.7.0``) and a sender the user may use (``553
+  5.7.1``, policy/submission.py); the grants are loaded once at login.
+* Body: the first header section is held back (``message.headers.HeaderCapture``, bounded)
+  while the rest streams to the blob; when it is complete the driver writes the fix-ups
+  first (a Received field naming the authenticated user, Message-ID and Date when missing,
+  RFC 6409 §8), then the section, then the rest.  At end of data the header ``From:`` is
+  checked (``550 5.7.1``).
+
+On every listener the captured header section also gives the Received count: above
+``Limits.max_received_headers`` the message is refused with ``554 5.4.6`` (RFC 5321 §6.3).
+
 Invariants: nothing in here formats protocol text; every reply comes from ``smtp.catalog`` or
 a policy verdict. An exception in this module never reaches the peer: it becomes a 451 4.3.0
-and is logged with the session id.
+and is logged with the session id.  Credentials never reach the log: SASL data is only
+handed to the mechanism, and log lines name the mechanism and (sanitised) account only.
 """
 from __future__ import annotations
 
@@ -20,12 +39,15 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from ..message.headers import HeaderCapture, submission_fixups
+from ..message.trace import sanitize_address
 from ..policy.context import SessionInfo, TransactionInfo
 from ..policy.verdict import Action, Verdict
 from ..queue.model import Envelope, RecipientRequest
 from ..routing.directory import Kind
 from ..smtp import catalog
 from ..smtp import events as ev
+from ..smtp import sasl
 from ..smtp.server import ServerConnection
 from ..store.base import StoreError
 from .tls import describe
@@ -64,6 +86,9 @@ class SmtpSession(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._registered = False
         self._closing = False
+        self._sasl = None                    # the SASL exchange in progress
+        self._grants: tuple[str, ...] = ()   # send-as grants of the authenticated user
+        self._capture: HeaderCapture | None = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -157,16 +182,24 @@ class SmtpSession(asyncio.Protocol):
             return self._on_rcpt(event)
         elif t is ev.MailFrom:
             self._reset_transaction()
+            refusal = self._check_mail(event)
+            if refusal is not None:
+                conn.respond(refusal)
+                return False
             self._mail = event
             self.txn.sender = str(event.address)
             conn.respond(None)
         elif t is ev.DataStarted:
             self._discard_blob()
             self._blob_error = None
+            self._capture = HeaderCapture()
             try:
                 self._blob = self.server.store.new_blob()
             except OSError as exc:
                 self._blob_error = exc
+        elif t is ev.AuthStart or t is ev.AuthResponse:
+            self._start(self._auth(event))
+            return True
         elif t is ev.BodyComplete:
             self._start(self._commit(event))
             return True
@@ -258,13 +291,155 @@ class SmtpSession(asyncio.Protocol):
     def _write_body(self, data: bytes) -> None:
         if self._blob is None or self._blob_error is not None:
             return
+        capture = self._capture
+        if capture is not None and not capture.done:
+            data = capture.feed(data)
+            if not capture.done:
+                return                  # still inside the header section: held back
+            data = self._header_prefix() + capture.header + data
+        if not data:
+            return
         try:
             self._blob.write(data)
         except OSError as exc:  # disk full, I/O error: answered at end of data
             self._blob_error = exc
 
+    def _header_prefix(self) -> bytes:
+        """What goes before the captured header section: the submission fix-ups."""
+        if not (self.listener.submission and self.info.auth_user):
+            return b""
+        info = self.info
+        return submission_fixups(
+            self._capture.info, hostname=self.server.hostname, auth_user=info.auth_user,
+            helo=info.helo, client_ip=info.client_ip, tls=info.tls,
+            protocol=self._protocol_name(), now=time.time(),
+            hide_client=self.server.submission.hide_client_ip)
+
+    def _check_message(self):
+        """End of data, before the commit: loop limit (every listener), header From
+        (submission).  Returns a refusal or None."""
+        capture = self._capture
+        if capture is None:
+            return None
+        header = capture.info           # None if nothing was stored (blob error)
+        if header is None:
+            return None
+        if header.received > self.server.limits.max_received_headers:
+            log.info("reject sid=%s client=%s from=<%s> reason=loop received=%d", self.sid,
+                     self.info.client_ip, self.txn.sender, header.received)
+            return catalog.MAIL_LOOP
+        if self.listener.submission and self.info.auth_user:
+            verdict = self.server.sender_auth.check_header_from(
+                self.info.auth_user, header.from_addresses, self.server.directory,
+                self._grants)
+            if verdict.action is Action.REJECT:
+                log.info("reject sid=%s client=%s user=%s check=%s reason=%s", self.sid,
+                         self.info.client_ip, self.info.auth_user, verdict.check,
+                         verdict.reason)
+                return verdict.reply
+        return None
+
+    def _finish_capture(self) -> None:
+        """The message ended: a header section still held back goes to the blob now."""
+        capture = self._capture
+        if capture is None or capture.done or self._blob is None or self._blob_error:
+            return
+        rest = capture.finish()
+        data = self._header_prefix() + capture.header + rest
+        if data:
+            try:
+                self._blob.write(data)
+            except OSError as exc:
+                self._blob_error = exc
+
+    # ------------------------------------------------------------ submission
+
+    def _check_mail(self, event: ev.MailFrom):
+        """MAIL FROM on a submission listener: authenticated, allowed sender."""
+        if not self.listener.submission:
+            return None
+        info = self.info
+        if not info.auth_user:
+            if self.server.submission.require_tls and not info.tls:
+                return catalog.TLS_REQUIRED
+            return catalog.AUTH_REQUIRED
+        verdict = self.server.sender_auth.check_sender(
+            info.auth_user, str(event.address), self.server.directory, self._grants)
+        if verdict.action is Action.REJECT:
+            log.info("reject sid=%s client=%s user=%s from=<%s> check=%s", self.sid,
+                     info.client_ip, info.auth_user, sanitize_address(str(event.address)),
+                     verdict.check)
+            return verdict.reply
+        return None
+
+    async def _auth(self, event) -> None:
+        """Run one step of the SASL exchange (RFC 4954 §4) and answer it."""
+        conn, server, info = self.conn, self.server, self.info
+        limiter = server.auth_limiter
+        ip = info.client_ip
+        if type(event) is ev.AuthStart:
+            if limiter.ip_locked(ip, self.loop.time()):
+                log.warning("auth refused sid=%s client=%s reason=address locked out",
+                            self.sid, ip)
+                conn.respond(catalog.AUTH_LOCKED_OUT)
+                return
+            mech = sasl.new_mechanism(event.mechanism)
+            self._sasl = mech
+            outcome = mech.start(event.initial_response)
+        else:
+            mech = self._sasl
+            if mech is None:
+                conn.respond(catalog.AUTH_FAILED)
+                return
+            outcome = mech.step(event.data)
+        while True:
+            if isinstance(outcome, (sasl.VerifyPassword, sasl.NeedVerifier)):
+                login = outcome.authcid.lower()
+                if limiter.account_locked(login, self.loop.time()):
+                    self._sasl = None
+                    log.warning("auth refused sid=%s client=%s user=%s mech=%s "
+                                "reason=account locked out", self.sid, ip,
+                                sanitize_address(login), mech.name)
+                    conn.respond(catalog.AUTH_TEMP_FAILURE)
+                    return
+                if isinstance(outcome, sasl.VerifyPassword):
+                    ok = await server.verify_password(login, outcome.password)
+                    outcome = mech.password_checked(ok)
+                else:
+                    outcome = mech.verifier_found(await server.scram_verifier(login))
+            elif isinstance(outcome, sasl.Challenge):
+                conn.respond(catalog.auth_challenge(outcome.data))
+                return
+            elif isinstance(outcome, sasl.Success):
+                self._sasl = None
+                login = outcome.authcid.lower()
+                limiter.record_success(ip, login)
+                self._grants = await server.send_as_grants(login)
+                info.auth_user = login
+                log.info("auth ok sid=%s client=%s user=%s mech=%s", self.sid, ip,
+                         sanitize_address(login), mech.name)
+                conn.respond(catalog.AUTH_OK)
+                return
+            else:  # Failure
+                self._sasl = None
+                account = outcome.authcid.lower()
+                delay = limiter.record_failure(ip, account, self.loop.time())
+                log.warning("auth failed sid=%s client=%s user=%s mech=%s reason=%s",
+                            self.sid, ip, sanitize_address(account)[:100] or "-", mech.name,
+                            outcome.reason)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                conn.respond(catalog.AUTH_FAILED)
+                return
+
     async def _commit(self, event: ev.BodyComplete) -> None:
         conn = self.conn
+        self._finish_capture()
+        refusal = self._check_message()
+        if refusal is not None:
+            conn.respond(refusal)
+            self._reset_transaction()
+            return
         blob, self._blob = self._blob, None
         if blob is None or self._blob_error is not None:
             if blob is not None:
@@ -275,13 +450,15 @@ class SmtpSession(asyncio.Protocol):
             return
         mail = self._mail
         info = self.info
+        hide = (self.listener.submission and bool(info.auth_user)
+                and self.server.submission.hide_client_ip)
         envelope = Envelope(
             sender=str(mail.address) if mail else "",
             recipients=list(self._envelope_rcpts),
             received_at=time.time(),
-            client_ip=info.client_ip,
-            client_port=info.client_port,
-            helo=info.helo,
+            client_ip="" if hide else info.client_ip,
+            client_port=0 if hide else info.client_port,
+            helo="" if hide else info.helo,
             protocol=self._protocol_name(),
             tls=info.tls,
             auth_user=info.auth_user,
@@ -289,7 +466,7 @@ class SmtpSession(asyncio.Protocol):
             smtputf8=bool(mail and mail.params.smtputf8),
             ret=mail.params.ret if mail else None,
             envid=mail.params.envid if mail else None,
-            size=event.size,
+            size=blob.size,
             listener=self.listener.name,
         )
         try:
@@ -300,9 +477,10 @@ class SmtpSession(asyncio.Protocol):
             self._reset_transaction()
             return
         conn.respond(catalog.queued(queue_id))
-        log.info("accepted sid=%s id=%s client=%s from=<%s> rcpts=%d size=%d tls=%s",
+        log.info("accepted sid=%s id=%s client=%s from=<%s> rcpts=%d size=%d tls=%s%s",
                  self.sid, queue_id, info.client_ip, envelope.sender,
-                 len(envelope.recipients), envelope.size, "yes" if info.tls else "no")
+                 len(envelope.recipients), envelope.size, "yes" if info.tls else "no",
+                 f" user={sanitize_address(info.auth_user)}" if info.auth_user else "")
         self._reset_transaction()
         self.server.message_committed(queue_id)
 
@@ -322,6 +500,8 @@ class SmtpSession(asyncio.Protocol):
         self.transport = new_transport
         self.info.tls = describe(new_transport.get_extra_info("ssl_object"))
         self.info.helo = ""
+        self.info.auth_user = ""            # RFC 3207 §4.2: forget everything
+        self._grants = ()
         self._reset_transaction()
         self.conn.tls_established(self.loop.time())
 
@@ -338,6 +518,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _reset_transaction(self) -> None:
         self._discard_blob()
+        self._capture = None
         self._mail = None
         self._envelope_rcpts = []
         self._rcpt_seen = set()

@@ -19,6 +19,8 @@ Invariants:
 """
 from __future__ import annotations
 
+import base64
+
 from .replies import Reply
 
 # ------------------------------------------------------------------ 2xx / 3xx
@@ -30,6 +32,8 @@ HELP = Reply(214, "2.0.0", (
 ))
 #: 220 to STARTTLS (RFC 3207 §4).
 STARTTLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
+#: 235 after a successful SASL exchange (RFC 4954 §6).
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 #: 221 to QUIT (RFC 5321 §4.1.1.10).
 BYE = Reply(221, "2.0.0", "Bye")
 #: 250 to RSET and NOOP.
@@ -54,6 +58,31 @@ TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0", "Too many connections from yo
 TEMP_LOCAL_ERROR = Reply(451, "4.3.0", "Temporary local error, try again later")
 #: The body could not be stored (disk full, blob write failed), RFC 3463 X.3.1.
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+
+#: 454: authentication refused for now (RFC 4954 §6 "temporary authentication failure");
+#: Mailwright sends it while an account is locked out after repeated failures.
+AUTH_TEMP_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
+#: 421 and close: too many failed authentications from this client address.
+AUTH_LOCKED_OUT = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
+
+# ------------------------------------------------------------------ 5xx: authentication (RFC 4954)
+
+#: ``*`` cancelled the exchange (RFC 4954 §4).
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+#: A response that is not valid base64 (RFC 4954 §4).
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode response")
+SYNTAX_AUTH = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+#: AUTH after a successful AUTH, or inside a mail transaction (RFC 4954 §4).
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+#: A mechanism we do not offer (RFC 4954 §4).
+UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+#: Wrong credentials (RFC 4954 §6).
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+#: AUTH or submission before TLS where TLS is required (RFC 3207 §4, RFC 4954 §6).
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+#: MAIL on a submission listener without authentication (RFC 4954 §6, RFC 6409 §4.3).
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 
 # ------------------------------------------------------------------ 5xx: policy (used by policy/)
 
@@ -158,6 +187,12 @@ def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
 
+def auth_challenge(data: bytes) -> Reply:
+    """334 continuation carrying a base64 server challenge (RFC 4954 §4).  No enhanced
+    code: it is an intermediate reply, like 354."""
+    return Reply(334, "", base64.b64encode(data).decode("ascii"))
+
+
 def timeout(hostname: str) -> Reply:
     """421 on command/data timeout (RFC 5321 §4.5.3.2), then close."""
     return Reply(421, "4.4.2", f"{hostname} Error: timeout exceeded")
@@ -184,3 +219,8 @@ INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")       
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0", "Too many connections from your address")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
+#: Submission: MAIL FROM / header From not owned by the authenticated user (RFC 6409 §6.1).
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+HEADER_FROM_NOT_OWNED = Reply(550, "5.7.1", "From header address not owned by the authenticated user")
+#: Too many Received fields: a mail loop (RFC 5321 §6.3; Postfix hopcount_limit).
+MAIL_LOOP = Reply(554, "5.4.6", "Too many hops: mail loop detected")

@@ -139,6 +139,31 @@ class StartTLS:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthStart:
+    """``AUTH mechanism [initial-response]`` passed the sequence checks (RFC 4954 §4).
+    Needs a response.  ``mechanism`` is upper-cased and one the listener offers;
+    ``initial_response`` is the base64-decoded initial response (``b""`` for "="), or None
+    when the client sent none.  The driver runs the SASL mechanism (smtp.sasl) and answers
+    with a 334 continuation (``catalog.auth_challenge``), ``catalog.AUTH_OK`` or a failure.
+    The core never looks inside the data."""
+    mechanism: str
+    initial_response: bytes | None
+
+    def __repr__(self) -> str:          # never put credentials in a log line
+        return f"AuthStart(mechanism={self.mechanism!r}, initial_response=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """One client line of a SASL exchange after a 334, base64-decoded.  Needs a response,
+    as for ``AuthStart``.  (A ``*`` line cancels: the core answers 501 5.0.0 itself.)"""
+    data: bytes
+
+    def __repr__(self) -> str:
+        return "AuthResponse(data=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
 class TransactionReset:
     """RSET, a new EHLO/HELO, or STARTTLS ended the mail transaction. No response.
     The driver drops its envelope and any open body sink."""
@@ -151,6 +176,7 @@ class CloseConnection:
 
 
 Event = (Hello | MailFrom | RcptTo | DataStarted | BodyChunk | BodyComplete | BodyRejected
-         | BdatChunkAccepted | StartTLS | TransactionReset | CloseConnection)
+         | BdatChunkAccepted | StartTLS | AuthStart | AuthResponse | TransactionReset
+         | CloseConnection)
 
-NEEDS_RESPONSE = (Hello, MailFrom, RcptTo, BodyComplete)
+NEEDS_RESPONSE = (Hello, MailFrom, RcptTo, BodyComplete, AuthStart, AuthResponse)

@@ -1,5 +1,5 @@
 """The sans-IO SMTP server protocol core (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN and STARTTLS).
+SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN, STARTTLS and AUTH).
 
 What: ``ServerConnection`` turns bytes from a peer into events (smtp.events) and replies
 into bytes.  It answers syntax and sequence errors itself; the driver (net/session)
@@ -17,6 +17,8 @@ How (h11 / aioquic style)::
         Hello/MailFrom/RcptTo/BodyComplete -> decide, then conn.respond(...)
         BodyChunk       -> append to the body sink
         StartTLS        -> send conn.data_to_send(), handshake, conn.tls_established(now)
+        AuthStart/AuthResponse -> run the SASL mechanism (smtp.sasl), then respond with
+                           catalog.auth_challenge(data) (334), catalog.AUTH_OK or a failure
         CloseConnection -> send conn.data_to_send(), close
     timers: conn.get_timer() is an absolute deadline; at it call conn.handle_timer(now)
 
@@ -45,12 +47,25 @@ closes.  Error replies count towards ``max_errors`` except ``452 4.5.3`` too man
 recipients, which is flow control (RFC 5321 §4.5.3.1.10; Postfix likewise exempts it up
 to ``smtpd_recipient_overshoot_limit``).
 
+AUTH (RFC 4954): offered in EHLO only when ``ServerConfig.auth_mechanisms`` is non-empty
+and, if ``auth_requires_tls``, TLS is active; without mechanisms the verb gets 502 (port
+25 never offers AUTH).  The core checks the sequence (EHLO first: 503; inside a
+transaction or after a success: 503 5.5.1; before TLS: 530 5.7.0), the mechanism name
+(504 5.5.4) and the base64 of every response (501 5.5.2), and handles ``*`` (501 5.0.0);
+the mechanism itself lives in the driver.  A 334 reply to ``AuthStart``/``AuthResponse``
+puts the core in state AUTH, where the next line is a SASL response, not a command
+(lines up to ``AUTH_LINE_LIMIT`` octets, RFC 4954 §4); 235 marks the session
+authenticated; any other reply ends the exchange.  Credentials never enter an event's
+``repr``.  TLS establishment forgets a previous authentication (RFC 3207 §4.2).
+
 LMTP (reserved, ``ServerConfig.lmtp``): LHLO would be one more verb in ``SEQUENCE`` with
 the ``hello`` transitions, and ``respond()`` to ``BodyComplete`` would take one reply per
 accepted recipient, in RCPT order (RFC 2033 §4.2).  Not implemented yet.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from collections import deque
 from dataclasses import dataclass
@@ -60,7 +75,7 @@ from .address import (
     ParseError, is_valid_helo, parse_mail_params, parse_path, parse_rcpt_params, split_argument,
 )
 from .events import (
-    NEED_DATA, NEEDS_RESPONSE, PAUSED, BdatChunkAccepted, BodyChunk, BodyComplete,
+    NEED_DATA, NEEDS_RESPONSE, PAUSED, AuthResponse, AuthStart, BdatChunkAccepted, BodyChunk, BodyComplete,
     BodyRejected, CloseConnection, DataStarted, Hello, MailFrom, RcptTo, StartTLS,
     TransactionReset,
 )
@@ -84,9 +99,10 @@ class State(enum.Enum):
     BDAT = "bdat"                # inside a BDAT transaction (reading or between chunks)
     TLS = "tls-handshake"        # 220 to STARTTLS sent; waiting for tls_established()
     CLOSED = "closed"            # last reply queued; nothing more is read
+    AUTH = "auth"                # 334 sent: the next line is a SASL response (RFC 4954)
 
 
-_C, _G, _M, _R, _D, _B, _T, _X = State
+_C, _G, _M, _R, _D, _B, _T, _X, _A = State
 
 # ---------------------------------------------------------------- the state machine
 #
@@ -104,6 +120,8 @@ _RULES: tuple[tuple[str, tuple[State, ...], State], ...] = (
     ("rset",            (_G, _M, _R, _B),           _G),
     ("starttls",        (_G,),                      _T),   # 220 to STARTTLS
     ("tls-established", (_T,),                      _C),   # RFC 3207 §4.2: forget all
+    ("auth-continue",   (_G, _A),                   _A),   # 334 to AuthStart/AuthResponse
+    ("auth-end",        (_G, _A),                   _G),   # 235, a failure, "*", bad base64
     ("close",           tuple(State),               _X),   # 221, any 421, EOF
 )
 TRANSITIONS: dict[tuple[State, str], State] = {
@@ -138,11 +156,16 @@ SEQUENCE: dict[str, dict[State, Reply | None]] = {
              _R: None, _B: None},
     "STARTTLS": {_C: catalog.NEED_EHLO, _G: None, _M: catalog.TLS_IN_TRANSACTION,
                  _R: catalog.TLS_IN_TRANSACTION, _B: catalog.TLS_IN_TRANSACTION},
+    "AUTH": {_C: catalog.NEED_EHLO, _G: None, _M: catalog.AUTH_IN_TRANSACTION,
+             _R: catalog.AUTH_IN_TRANSACTION, _B: catalog.AUTH_IN_TRANSACTION},
 }
+
+#: Longest AUTH command or SASL response line accepted (RFC 4954 §4: 12288 octets).
+AUTH_LINE_LIMIT = 12288
 
 #: Verbs we know but do not offer on this core (RFC 5321 §4.2.4: 502).
 _NOT_IMPLEMENTED = frozenset((
-    "EXPN", "AUTH", "XCLIENT", "XFORWARD", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML",
+    "EXPN", "XCLIENT", "XFORWARD", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML",
     "BURL", "LHLO", "VERB", "XEXCH50",
 ))
 
@@ -157,8 +180,8 @@ _INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 #: Serialised catalog replies, by identity (catalog values live as long as the process).
 _WIRE: dict[int, bytes] = {id(v): v.to_bytes() for v in vars(catalog).values()
                            if isinstance(v, Reply)}
-#: Default EHLO/HELO replies, by (hostname, size, offer STARTTLS, extended).
-_HELLO_WIRE: dict[tuple[str, int, bool, bool], bytes] = {}
+#: Default EHLO/HELO replies, by (hostname, size, offer STARTTLS, AUTH offer, extended).
+_HELLO_WIRE: dict[tuple[str, int, bool, str, bool], bytes] = {}
 
 
 @dataclass
@@ -173,6 +196,8 @@ class ServerConfig:
     tls_available: bool = False                # offer STARTTLS
     tls_active: bool = False                   # implicit TLS (port 465)
     greeting_text: str | None = None           # after the host name in the 220 banner
+    auth_mechanisms: tuple[str, ...] = ()      # SASL mechanisms offered; () = no AUTH
+    auth_requires_tls: bool = True             # AUTH only once TLS is active
     lmtp: bool = False                         # reserved; see module docstring
 
 
@@ -199,6 +224,7 @@ class ServerConnection:
         self.helo_name: str | None = None
         self.esmtp = False
         self._tls_active = config.tls_active
+        self.authenticated = False      # a 235 was sent (RFC 4954 §4: AUTH only once)
         # the mail transaction
         self._mail_utf8 = False
         self._accepted = 0              # recipients accepted by the driver
@@ -244,6 +270,9 @@ class ServerConnection:
                 "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
         if cfg.tls_available and not self._tls_active:
             caps.append("STARTTLS")
+        auth = self._auth_offer()
+        if auth:
+            caps.append(auth)
         return catalog.ehlo_ok(cfg.hostname, tuple(caps))
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -288,8 +317,8 @@ class ServerConnection:
         ev = self._awaiting
         if ev is None:
             raise RuntimeError("respond() called with no event awaiting a response")
-        if reply is None and isinstance(ev, BodyComplete):
-            raise ValueError("BodyComplete needs an explicit reply (after a durable commit)")
+        if reply is None and isinstance(ev, (BodyComplete, AuthStart, AuthResponse)):
+            raise ValueError(f"{type(ev).__name__} needs an explicit reply")
         self._awaiting = None
         if now is not None:
             self._now = now
@@ -318,6 +347,16 @@ class ServerConnection:
                 self._accepted += 1
                 self._goto("rcpt")
             self._send(reply)
+        elif isinstance(ev, (AuthStart, AuthResponse)):
+            assert reply is not None
+            if reply.code == 334:
+                self._goto("auth-continue")
+                self._send(reply, count=False)
+            else:
+                if reply.code == 235:
+                    self.authenticated = True
+                self._goto("auth-end")
+                self._send(reply)
         else:  # BodyComplete: success or failure, the transaction is over
             self._end_transaction("end-of-message")
             self._send(reply)
@@ -347,6 +386,7 @@ class ServerConnection:
             raise RuntimeError("tls_established() without an accepted STARTTLS")
         self._now = self._timer_base = now
         self._tls_active = True
+        self.authenticated = False
         self.helo_name, self.esmtp = None, False
         self._buf, self._pos = b"", 0
         self._clear_transaction()
@@ -370,10 +410,17 @@ class ServerConnection:
             self._awaiting = ev
         return ev
 
+    def _auth_offer(self) -> str:
+        """The EHLO ``AUTH`` keyword line, or "" when AUTH is not offered now."""
+        cfg = self.config
+        if not cfg.auth_mechanisms or (cfg.auth_requires_tls and not self._tls_active):
+            return ""
+        return "AUTH " + " ".join(cfg.auth_mechanisms)
+
     def _hello_wire(self, extended: bool) -> bytes:
         cfg = self.config
         key = (cfg.hostname, cfg.max_message_size,
-               cfg.tls_available and not self._tls_active, extended)
+               cfg.tls_available and not self._tls_active, self._auth_offer(), extended)
         wire = _HELLO_WIRE.get(key)
         if wire is None:
             reply = self.ehlo_reply() if extended else catalog.helo_ok(cfg.hostname)
@@ -450,6 +497,9 @@ class ServerConnection:
         buf, pos = self._buf, self._pos
         lf = buf.find(b"\n", pos)
         limit = self.config.max_line_length
+        if self.config.auth_mechanisms and (self._state is State.AUTH
+                                            or buf[pos:pos + 5].upper() == b"AUTH "):
+            limit = max(limit, AUTH_LINE_LIMIT)
         if self._skipping_line:
             if lf < 0:
                 self._buf, self._pos = b"", 0
@@ -470,7 +520,10 @@ class ServerConnection:
             self._send(catalog.LINE_TOO_LONG)
             return True
         end = lf - 1 if lf > pos and buf[lf - 1] == 0x0D else lf
-        self._command(buf[pos:end])
+        if self._state is State.AUTH:
+            self._auth_response(buf[pos:end])
+        else:
+            self._command(buf[pos:end])
         return True
 
     def _step_data(self) -> bool:
@@ -685,6 +738,55 @@ class ServerConnection:
     def _help(self, arg: str) -> None:
         self._send(catalog.HELP)
 
+    def _auth(self, arg: str) -> None:
+        """RFC 4954 §4: ``AUTH mechanism [initial-response]``."""
+        cfg = self.config
+        if not cfg.auth_mechanisms:
+            self._send(catalog.NOT_IMPLEMENTED)
+            return
+        if self._refused("AUTH"):
+            return
+        if not self.esmtp:
+            self._send(catalog.NEED_EHLO)
+            return
+        if self.authenticated:
+            self._send(catalog.ALREADY_AUTHENTICATED)
+            return
+        if cfg.auth_requires_tls and not self._tls_active:
+            self._send(catalog.TLS_REQUIRED)
+            return
+        parts = arg.split(" ")
+        if not arg or len(parts) > 2 or not parts[0]:
+            self._send(catalog.SYNTAX_AUTH)
+            return
+        mechanism = parts[0].upper()
+        if mechanism not in cfg.auth_mechanisms:
+            self._send(catalog.UNKNOWN_MECHANISM)
+            return
+        initial: bytes | None = None
+        if len(parts) == 2:
+            if parts[1] == "=":                      # an empty initial response
+                initial = b""
+            else:
+                initial = _decode_base64(parts[1])
+                if initial is None:
+                    self._send(catalog.AUTH_BAD_BASE64)
+                    return
+        self._emit(AuthStart(mechanism, initial))
+
+    def _auth_response(self, line: bytes) -> None:
+        """A line read in state AUTH: ``*`` cancels, else base64 (RFC 4954 §4)."""
+        if line == b"*":
+            self._goto("auth-end")
+            self._send(catalog.AUTH_CANCELLED)
+            return
+        data = _decode_base64(line.decode("ascii")) if line.isascii() else None
+        if data is None:
+            self._goto("auth-end")
+            self._send(catalog.AUTH_BAD_BASE64)
+            return
+        self._emit(AuthResponse(data))
+
     def _starttls(self, arg: str) -> None:
         """RFC 3207 §4."""
         if not self.config.tls_available:
@@ -714,4 +816,15 @@ _HANDLERS = {
     "RSET": ServerConnection._rset, "NOOP": ServerConnection._noop,
     "QUIT": ServerConnection._quit, "VRFY": ServerConnection._vrfy,
     "HELP": ServerConnection._help, "STARTTLS": ServerConnection._starttls,
+    "AUTH": ServerConnection._auth,
 }
+
+
+def _decode_base64(text: str) -> bytes | None:
+    """Strict base64 (RFC 4648 §4, padding required), or None."""
+    if not text:
+        return b""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        return None

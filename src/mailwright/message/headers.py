@@ -1,0 +1,150 @@
+"""The first header section of a message being received, captured while the body streams.
+
+What: ``HeaderCapture`` sits between the SMTP core's ``BodyChunk`` events and the blob: it
+holds back the bytes of the header section (RFC 5322 §2.1: up to the first empty line),
+bounded by ``limit`` octets, and releases everything after it untouched.  ``HeaderInfo``
+says what intake needs from those headers:
+
+* ``received`` -- the number of ``Received:`` fields, for loop detection (RFC 5321 §6.3;
+  Postfix ``hopcount_limit``, default 50);
+* ``has_date`` / ``has_message_id`` -- for the submission fix-ups of RFC 6409 §8.2/§8.3;
+* ``from_addresses`` -- the addr-specs of every ``From:`` field, for sender authorization
+  (RFC 6409 §6.1 lets an MSA check that the author is the authenticated user).
+
+``submission_fixups(...)`` renders the fields an MSA prepends: a ``Received:`` naming the
+authenticated submission (RFC 5321 §4.4; the "Authenticated sender" comment as Postfix's
+``smtpd_sasl_authenticated_header`` writes it, RFC 3848 ``ESMTPSA``), and ``Date:`` and
+``Message-ID:`` when missing.
+
+How: ``feed(data) -> bytes`` returns the octets that may go to the blob now (b"" while
+still capturing); once the section is complete (or the bound is reached, or the message
+ends: ``finish()``), ``header`` holds it and ``info`` its analysis, and the driver writes
+``prefix + header + rest``.  Only the header section is ever buffered: bodies of any size
+stream through.
+
+Invariants:
+* Concatenating ``header`` and every octet ``feed``/``finish`` released reproduces the
+  input exactly.
+* Rendered fields end in CRLF, fold with CRLF TAB, and carry no client-controlled control
+  characters (message/trace.py sanitisers).
+"""
+from __future__ import annotations
+
+import email.utils
+import secrets
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from .trace import (
+    CRLF, address_literal, fold, rfc5322_date, sanitize_address, sanitize_host, tls_comment,
+)
+
+__all__ = ["HeaderCapture", "HeaderInfo", "submission_fixups", "new_message_id",
+           "HEADER_LIMIT"]
+
+HEADER_LIMIT = 256 * 1024
+
+
+@dataclass(slots=True)
+class HeaderInfo:
+    received: int = 0
+    has_date: bool = False
+    has_message_id: bool = False
+    from_addresses: list[str] = field(default_factory=list)
+    complete: bool = True           # False: the bound cut the section short
+
+
+def analyse(header: bytes, complete: bool = True) -> HeaderInfo:
+    info = HeaderInfo(complete=complete)
+    for line in header.split(b"\n"):
+        name = line.split(b":", 1)[0].strip().lower() if b":" in line[:80] else b""
+        if not line or line[:1] in (b" ", b"\t"):
+            continue
+        if name == b"received":
+            info.received += 1
+        elif name == b"date":
+            info.has_date = True
+        elif name == b"message-id":
+            info.has_message_id = True
+    try:
+        msg = BytesHeaderParser(policy=compat32).parsebytes(header)
+        values = [str(v) for v in msg.get_all("From", [])]
+    except Exception:  # noqa: BLE001 - the parser is lenient; be safe anyway
+        values = []
+    for _, addr in email.utils.getaddresses(values):
+        if addr:
+            info.from_addresses.append(addr)
+    if values and not info.from_addresses:
+        info.from_addresses.append("")      # a From field without a usable address
+    return info
+
+
+class HeaderCapture:
+    def __init__(self, limit: int = HEADER_LIMIT) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self.header: bytes | None = None     # set once the section is known
+        self.info: HeaderInfo | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.header is not None
+
+    def feed(self, data: bytes) -> bytes:
+        """Take body octets; return those that may be written now (after ``header``)."""
+        if self.header is not None:
+            return data
+        start = max(0, len(self._buf) - 3)
+        self._buf += data
+        buf = self._buf
+        if buf[:2] == b"\r\n":                   # no header fields at all
+            return self._complete(0, True)
+        end = buf.find(b"\r\n\r\n", start)
+        if end >= 0:
+            return self._complete(end + 4, True)
+        if len(buf) >= self.limit:
+            return self._complete(len(buf), False)
+        return b""
+
+    def finish(self) -> bytes:
+        """The message ended: whatever was held is the header section."""
+        if self.header is not None:
+            return b""
+        return self._complete(len(self._buf), True)
+
+    def _complete(self, cut: int, complete: bool) -> bytes:
+        buf = bytes(self._buf)
+        self._buf = bytearray()
+        self.header = buf[:cut]
+        self.info = analyse(self.header, complete)
+        return buf[cut:]
+
+
+def new_message_id(hostname: str) -> str:
+    """``<unique@hostname>`` (RFC 5322 §3.6.4)."""
+    return f"<{int(time.time())}.{secrets.token_hex(8)}@{sanitize_host(hostname) or 'localhost'}>"
+
+
+def submission_fixups(info: HeaderInfo, *, hostname: str, auth_user: str, helo: str,
+                      client_ip: str, tls: str, protocol: str, now: float,
+                      hide_client: bool, product: str = "Mailwright") -> bytes:
+    """The fields an MSA prepends (RFC 6409 §8): Received, then Message-ID and Date if
+    the message lacks them."""
+    groups: list[list[str]] = []
+    if not hide_client:
+        groups.append([f"from {sanitize_host(helo) or 'unknown'}",
+                       "(unknown", f"{address_literal(client_ip)})"])
+    comment = tls_comment(tls)
+    if comment:
+        groups.append([comment])
+    groups.append(["(Authenticated", f"sender: {sanitize_address(auth_user)})"])
+    groups.append([f"by {sanitize_host(hostname) or 'localhost'}", f"({product})",
+                   f"with {protocol};", rfc5322_date(now)])
+    out = fold("Received", groups)
+    if not info.has_message_id:
+        out += f"Message-ID: {new_message_id(hostname)}{CRLF}"
+    if not info.has_date:
+        out += f"Date: {rfc5322_date(now)}{CRLF}"
+    return out.encode("utf-8")
