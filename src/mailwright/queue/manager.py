@@ -16,10 +16,31 @@ How, per pass (``run_once``):
    ``next_attempt_at`` from the ``RetrySchedule``. When the schedule says the message has
    expired, the temporary failures are recorded as permanent instead, with the reply
    ``451 4.4.7 Message expired; last error: <reply>`` (RFC 3463 X.4.7; RFC 3464 reports
-   such a recipient with Action: failed and the 4.4.7 status). FAILED recipients stay in
-   the store for DSN generation (next issue).
+   such a recipient with Action: failed and the 4.4.7 status). In the same store call
+   the DSNs now owed are flagged per recipient (``record_results(dsn=...)``, below).
+4. The DSN step (``send_dsns``, at the end of every pass) reads ``store.pending_dsns``
+   and sends what is owed (see "Delivery status notifications").
 Between passes the loop sleeps until ``store.next_due_time()`` (capped by ``idle_interval``)
 or until ``wake()`` — intake calls it after a commit so local delivery is immediate.
+
+Delivery status notifications (RFC 3461, RFC 3464; the report is built by message/dsn.py):
+* Owed, decided with each result by ``dsn.owed_action`` from the recipient's NOTIFY, and
+  only when the envelope sender is not null (RFC 5321 §4.5.5; a DSN has the null sender,
+  so a failing DSN is just recorded as failed, never answered by another DSN):
+  permanent failure or expiry → "failed" (NOTIFY absent or FAILURE); a temporary failure
+  once ``delay_warning_after`` seconds (0 = never) have passed since arrival → "delayed"
+  (NOTIFY absent or DELAY; at most once per recipient, noticed at the first attempt after
+  that time, so up to one retry interval late); success → "delivered", or "relayed" when
+  the agent says the next hop lacked DSN (``DeliveryResult.dsn_relayed``; NOTIFY=SUCCESS
+  only). NOTIFY=NEVER: nothing. The flag is written in the same transaction as the
+  result, so a crash cannot lose an owed DSN.
+* Sent by ``send_dsns``: per message, one DSN per kind (failure, delay, success) covering
+  every owed recipient, built from the stored body (RET, ``dsn_max_original_size``) and
+  committed with ``store.commit_dsn`` as a new queued message (sender "", recipient =
+  the original sender), which clears exactly those flags in the same transaction:
+  exactly once, even with several workers. The DSN is then delivered like any message
+  (local sender → Maildir, remote → the smtp transport). A message stays incomplete
+  (body kept) until its owed DSNs are sent.
 
 Routing outcomes (``Route.transport`` values the manager interprets itself):
 * router returns ``None``            → temporary ``451 4.4.0 No route to recipient``
@@ -42,6 +63,7 @@ Invariants (GUIDE ideas 4 and 6):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -49,10 +71,13 @@ from collections import defaultdict
 from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 from ..delivery.base import DeliveryAgent, DeliveryTask
-from ..queue.model import DeliveryResult, QueuedMessage, QueuedRecipient
+from ..message import dsn as dsnlib
+from ..queue.model import (
+    DeliveryResult, Envelope, QueuedMessage, QueuedRecipient, RecipientRequest,
+)
 from ..routing.route import Route
-from ..store.base import Store
-from .retry import RetrySchedule
+from ..store.base import Store, StoreError
+from .retry import HOUR, RetrySchedule
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +111,9 @@ class QueueManager:
                  retry: RetrySchedule, owner: str, clock: Callable[[], float] = time.time,
                  *, batch: int = 50, concurrency: int = 20, lease_seconds: float = 900.0,
                  delivery_timeout: float | None = None, idle_interval: float = 60.0,
-                 error_backoff: float = 5.0, min_sleep: float = 0.5) -> None:
+                 error_backoff: float = 5.0, min_sleep: float = 0.5,
+                 hostname: str = "localhost", delay_warning_after: float = 4 * HOUR,
+                 dsn_max_original_size: int = dsnlib.DEFAULT_MAX_ORIGINAL) -> None:
         if batch < 1 or concurrency < 1 or lease_seconds <= 0:
             raise ValueError("batch, concurrency and lease_seconds must be positive")
         self.store = store
@@ -103,6 +130,9 @@ class QueueManager:
         self.idle_interval = idle_interval
         self.error_backoff = error_backoff
         self.min_sleep = min_sleep
+        self.hostname = hostname                  # Reporting-MTA and MAILER-DAEMON@ of DSNs
+        self.delay_warning_after = delay_warning_after
+        self.dsn_max_original_size = dsn_max_original_size
         self._semaphore = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -164,6 +194,10 @@ class QueueManager:
         messages = await self.store.claim_due(now, self.batch, self.owner, self.lease_seconds)
         if messages:
             await asyncio.gather(*(self._process(m) for m in messages))
+        try:
+            await self.send_dsns()
+        except Exception:  # flags stay set: the next pass tries again
+            log.exception("DSN step failed")
         return len(messages)
 
     async def _process(self, message: QueuedMessage) -> None:
@@ -267,13 +301,112 @@ class QueueManager:
             next_at = self.retry.next_attempt(now, attempts, message.envelope.received_at)
             if next_at is None:
                 log.info("%s expired after %d attempts", message.queue_id, attempts)
-                results = [DeliveryResult(r.recipient_id, ok=False, permanent=True,
-                                          reply=expired_reply(r.reply))
+                results = [dataclasses.replace(r, permanent=True, reply=expired_reply(r.reply),
+                                               status="4.4.7")
                            if (not r.ok and not r.permanent) else r for r in results]
         for r in results:
             log.info("%s rcpt=%s %s: %s", message.queue_id, r.recipient_id,
                      "ok" if r.ok else ("failed" if r.permanent else "deferred"), r.reply)
-        await self.store.record_results(message.queue_id, results, now, next_at)
+        owed = self._owed_dsns(message, by_id, results, now)
+        if owed:
+            await self.store.record_results(message.queue_id, results, now, next_at, dsn=owed)
+        else:
+            await self.store.record_results(message.queue_id, results, now, next_at)
+
+    # ------------------------------------------------------------------ DSNs
+    def _owed_dsns(self, message: QueuedMessage, by_id: Mapping[int, QueuedRecipient],
+                   results: Sequence[DeliveryResult], now: float) -> dict[int, str]:
+        """Recipient id → DSN action owed after these results (module docstring)."""
+        env = message.envelope
+        if not env.sender:       # never a DSN to the null sender (RFC 5321 §4.5.5)
+            return {}
+        delay_due = (self.delay_warning_after > 0
+                     and now - env.received_at >= self.delay_warning_after)
+        owed: dict[int, str] = {}
+        for r in results:
+            rcpt = by_id.get(r.recipient_id)
+            if rcpt is None:
+                continue
+            action = dsnlib.owed_action(rcpt.notify, ok=r.ok, permanent=r.permanent,
+                                        relayed=r.dsn_relayed, delay_due=delay_due,
+                                        delay_already=rcpt.dsn_delayed)
+            if action is not None:
+                owed[r.recipient_id] = action
+        return owed
+
+    async def send_dsns(self) -> int:
+        """Send every owed DSN (``store.pending_dsns``); returns how many were committed.
+        A failure leaves the flags set for the next pass."""
+        pending = await self.store.pending_dsns(self.batch)
+        sent = 0
+        for message in pending:
+            try:
+                sent += await self._send_message_dsns(message)
+            except Exception:
+                log.exception("%s: sending DSN failed; will retry", message.queue_id)
+        if sent:
+            self.wake()    # deliver the new DSNs promptly
+        return sent
+
+    async def _send_message_dsns(self, message: QueuedMessage) -> int:
+        now = self.clock()
+        env = message.envelope
+        owed = {r.id: r.dsn_pending for r in message.recipients if r.dsn_pending}
+        if not owed:
+            return 0
+        if not env.sender:
+            await self.store.clear_dsn(message.queue_id, owed, now)
+            return 0
+        try:
+            original: bytes | None = await asyncio.to_thread(self.store.read_body, message)
+        except StoreError as exc:
+            log.warning("%s: body unavailable for the DSN (%s); sending without it",
+                        message.queue_id, exc)
+            original = None
+        groups: dict[str, list[QueuedRecipient]] = defaultdict(list)
+        for r in message.recipients:
+            if r.dsn_pending:
+                kind = (r.dsn_pending if r.dsn_pending in (dsnlib.FAILED, dsnlib.DELAYED)
+                        else dsnlib.DELIVERED)
+                groups[kind].append(r)
+        sent = 0
+        for kind in (dsnlib.FAILED, dsnlib.DELAYED, dsnlib.DELIVERED):
+            rcpts = groups.get(kind)
+            if not rcpts:
+                continue
+            report = dsnlib.Report(
+                reporting_mta=self.hostname, sender=env.sender, arrival_date=env.received_at,
+                envid=env.envid, ret=env.ret, queue_id=message.queue_id,
+                smtputf8=env.smtputf8,
+                recipients=[self._recipient_report(env, r) for r in rcpts])
+            built = dsnlib.build_dsn(report, original, now=now,
+                                     max_original_size=self.dsn_max_original_size)
+            blob = self.store.new_blob()
+            try:
+                blob.write(built.data)
+            except BaseException:
+                blob.abort()
+                raise
+            dsn_env = Envelope(sender="", recipients=[RecipientRequest(env.sender)],
+                               received_at=now, protocol="local",
+                               body_type="8BITMIME" if built.eight_bit else "7BIT",
+                               smtputf8=built.smtputf8, size=len(built.data), listener="dsn")
+            qid = await self.store.commit_dsn(dsn_env, blob, message.queue_id,
+                                              {r.id: r.dsn_pending for r in rcpts}, now)
+            if qid is None:
+                continue
+            sent += 1
+            log.info("%s: %s DSN %s to <%s> for %d recipient(s)", message.queue_id, kind,
+                     qid, env.sender, len(rcpts))
+        return sent
+
+    def _recipient_report(self, env: Envelope, r: QueuedRecipient) -> dsnlib.RecipientReport:
+        delayed = r.dsn_pending == dsnlib.DELAYED
+        return dsnlib.RecipientReport(
+            final_recipient=r.address, action=r.dsn_pending or dsnlib.FAILED,
+            status=r.status, original_recipient=r.orcpt, remote_mta=r.remote_mta,
+            diagnostic=r.last_reply, last_attempt=r.last_attempt_at,
+            will_retry_until=self.retry.deadline(env.received_at) if delayed else None)
 
     @staticmethod
     def _temp(rcpt: QueuedRecipient, reply: str) -> DeliveryResult:

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 class RecipientState(str, enum.Enum):
     QUEUED = "queued"        # waiting for its first or next attempt (next_attempt_at says when)
     DELIVERED = "delivered"  # final: delivered (or relayed) successfully
-    FAILED = "failed"        # final: permanent failure or expired; a DSN is due (next issue)
+    FAILED = "failed"        # final: permanent failure or expired (a DSN may be owed)
     HELD = "held"            # operator hold: never attempted until released
 
 
 FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.FAILED})
+
+# RFC 3464 §2.3.3 Action values a DSN can be owed for (QueuedRecipient.dsn_pending).
+DSN_ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
 
 
 @dataclass(slots=True)
@@ -61,6 +64,14 @@ class QueuedRecipient:
     last_attempt_at: float | None = None
     last_reply: str = ""             # last remote/local reply text, e.g. "452 4.2.2 Over quota"
     final_at: float | None = None
+    # --- DSN bookkeeping (schema 3; message/dsn.py, queue/manager.py)
+    remote_mta: str = ""             # host that gave last_reply ("" = local or no connection)
+    status: str = ""                 # enhanced status code of the last attempt if the agent
+                                     # reported one separately (else parsed from last_reply)
+    dsn_pending: str | None = None   # DSN action owed: failed|delayed|delivered|relayed|expanded
+    dsn_delayed: bool = False        # a delay warning was owed/sent (at most one per recipient)
+    dsn_sent: str = ""               # action of the last DSN sent for this recipient
+    dsn_queue_id: str | None = None  # queue id of that DSN
 
 
 @dataclass(slots=True)
@@ -69,6 +80,9 @@ class QueuedMessage:
     envelope: Envelope
     blob_path: str                   # where the body lives (store-specific reference)
     recipients: list[QueuedRecipient] = field(default_factory=list)
+    # Claimed after an earlier claim ended without recording results (crash, lost lease):
+    # an attempt may already have delivered, so agents check before delivering again.
+    reclaimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +92,9 @@ class DeliveryResult:
     ok: bool
     permanent: bool = False          # only meaningful when not ok; unknown errors are temporary
     reply: str = ""                  # e.g. "250 2.0.0 delivered to maildir" or "452 4.2.2 quota"
+    # Optional, for DSNs (RFC 3464); agents that do not know them leave the defaults.
+    remote_mta: str = ""             # the next hop that answered, e.g. "mx1.example.net"
+                                     # (reported as "Remote-MTA: dns; <it>")
+    dsn_relayed: bool = False        # ok, but the next hop did not advertise DSN (RFC 3461
+                                     # §5.2.2.3): a NOTIFY=SUCCESS recipient gets "relayed"
+    status: str = ""                 # enhanced status code ("5.1.1"); "" = parse from reply
