@@ -164,14 +164,31 @@ def test_redelivery_is_idempotent_in_new_and_cur(tmp_path, root):
     assert first.ok and again.ok and "Already" in again.reply
     assert len(files(os.path.join(md, "new"))) == 1
 
-    # An IMAP client read it: moved to cur/ with flags. Still no second copy.
+    # An IMAP client read it: moved to cur/ with flags. A message reclaimed after a crash
+    # (the only case where an earlier attempt may have delivered) still gets no second copy.
     [name] = files(os.path.join(md, "new"))
     os.rename(os.path.join(md, "new", name), os.path.join(md, "cur", name + ":2,S"))
+    msg.reclaimed = True
     [third] = deliver(agent, msg, body_path, tasks_for(msg))
     assert third.ok and "Already" in third.reply
     assert files(os.path.join(md, "new")) == []
     assert files(os.path.join(md, "cur")) == [name + ":2,S"]
     assert files(os.path.join(md, "tmp")) == []
+
+
+def test_first_attempt_does_not_scan_the_mailbox(tmp_path, root, monkeypatch):
+    """The O(mailbox) scan runs only for reclaimed messages or quota'd mailboxes."""
+    import mailwright.delivery.maildir as maildir_mod
+    calls = []
+    real = maildir_mod.scan_maildir
+    monkeypatch.setattr(maildir_mod, "scan_maildir", lambda *a, **k: calls.append(a) or real(*a, **k))
+    agent = MaildirAgent(root, HOST)
+    msg, body_path = make_message(tmp_path)
+    [res] = deliver(agent, msg, body_path, tasks_for(msg))
+    assert res.ok and calls == []
+    msg.reclaimed = True
+    [again] = deliver(agent, msg, body_path, tasks_for(msg))
+    assert again.ok and "Already" in again.reply
 
 
 def test_distinct_recipients_and_messages_get_distinct_files(tmp_path, root):

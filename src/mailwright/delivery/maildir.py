@@ -172,7 +172,8 @@ class MaildirAgent:
                          folder_dir=self._folder_dir(maildir, task.route.folder),
                          base=self._final_base(message, rid))
         try:
-            reply = await asyncio.to_thread(self._write, target, headers, body_path, quota)
+            reply = await asyncio.to_thread(self._write, target, headers, body_path, quota,
+                                            message.reclaimed)
         except _Temporary as exc:
             return DeliveryResult(rid, ok=False, permanent=False, reply=exc.reply)
         except OSError as exc:
@@ -205,7 +206,8 @@ class MaildirAgent:
                 f"R{secrets.token_hex(8)}.{self._name_host}")
 
     # ------------------------------------------------------------------ blocking part
-    def _write(self, target: _Target, headers: bytes, body_path: str, quota: int) -> str:
+    def _write(self, target: _Target, headers: bytes, body_path: str, quota: int,
+               maybe_delivered: bool = True) -> str:
         """Runs in a worker thread. Returns the ok reply; raises _Temporary or OSError."""
         self._ensure_maildir(target.maildir, sub_folder=False)
         if target.folder_dir != target.maildir:
@@ -220,14 +222,18 @@ class MaildirAgent:
         size = len(headers) + body_size
         final_name = f"{target.base},S={size}"
 
-        # Idempotence first: the exact new/ name is one stat; only on a miss scan the
-        # folder (one pass that also counts the quota when there is one).
+        # Idempotence first: the exact new/ name is one stat. The folder scan (which also
+        # finds a copy an IMAP client already moved to cur/) costs O(mailbox size), so it
+        # runs only when an earlier attempt may have delivered (``maybe_delivered``: the
+        # message was reclaimed after a crash) or when the quota needs the usage anyway.
         if os.path.exists(os.path.join(new_dir, final_name)):
             return ALREADY_REPLY
-        found, used = scan_maildir(target.maildir, target.folder_dir, target.base,
-                                   count_size=quota > 0)
-        if found:
-            return ALREADY_REPLY
+        used = 0
+        if maybe_delivered or quota > 0:
+            found, used = scan_maildir(target.maildir, target.folder_dir, target.base,
+                                       count_size=quota > 0)
+            if found:
+                return ALREADY_REPLY
         if quota > 0 and used + size > quota:
             raise _Temporary(FULL_REPLY)
 

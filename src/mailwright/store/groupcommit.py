@@ -60,6 +60,11 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
         fut.set_result(result)
 
 
+def _settle_all(items: list["Pending"]) -> None:
+    for p in items:
+        _settle(p.future, p.result, p.error)
+
+
 class GroupCommitter:
     def __init__(self, name: str, connect: Callable[[], Any],
                  commit_batch: Callable[[Any, list[Pending]], None],
@@ -162,10 +167,17 @@ class GroupCommitter:
                 if p.error is None and p.result is None:
                     p.error = StoreError(f"commit failed: {exc}")
         self.batches += 1
+        self.committed_items += sum(1 for p in items if p.error is None)
+        # One wake-up per event loop for the whole batch, not one per item: each
+        # call_soon_threadsafe costs the loop a self-pipe write and a GIL hand-off.
+        by_loop: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
         for p in items:
-            if p.error is None:
-                self.committed_items += 1
-            self._resolve(p)
+            by_loop.setdefault(p.loop, []).append(p)
+        for loop, group in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, group)
+            except RuntimeError:   # the loop is closed; nobody is waiting any more
+                pass
 
     @staticmethod
     def _resolve(p: Pending) -> None:
