@@ -493,12 +493,23 @@ virtual_transport = virtual
                 n += len(files)
         return n
 
+    _SENT = re.compile(rb"postfix/(?:discard|virtual)\[\d+\]: .* status=sent")
+
     def delivered(self) -> int | None:
+        """Deliveries logged so far; reads only what the log gained since the last call."""
+        if not hasattr(self, "_log_pos"):
+            self._log_pos, self._sent, self._partial = 0, 0, b""
         try:
-            text = self.maillog.read_text(errors="replace")
+            with open(self.maillog, "rb") as f:
+                f.seek(self._log_pos)
+                chunk = f.read()
         except OSError:
             return None
-        return len(re.findall(r"postfix/(?:discard|virtual)\[\d+\]: .* status=sent", text))
+        self._log_pos += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        self._sent += sum(1 for line in lines if self._SENT.search(line))
+        return self._sent
 
     def describe(self) -> dict:
         return {"server": self.label, "durability": "queue file fsynced before 250 (default)",
@@ -583,21 +594,20 @@ class MailwrightServer(Server):
 
     def _maildir_new_dirs(self) -> list[Path]:
         found = []
-        for root, dirs, _ in os.walk(self.data):
+        top = self.data / "mail" if (self.data / "mail").is_dir() else self.data
+        for root, dirs, _ in os.walk(top):
             if {"new", "cur", "tmp"} <= set(dirs):
                 found.append(Path(root) / "new")
         return found
 
     def delivered(self) -> int | None:
-        dirs = self._maildir_new_dirs()
-        if not dirs:
-            return None
-        return sum(len(os.listdir(d)) for d in dirs)
+        # 0 before the first delivery creates the Maildir
+        return sum(len(os.listdir(d)) for d in self._maildir_new_dirs())
 
     def describe(self) -> dict:
         return {"server": self.label, "interpreter": self.interpreter,
                 "durability": "store commit fsynced before 250 (always on)",
-                "delivery": f"local Maildir under {self.data}", "config": str(self.config),
+                "delivery": "local Maildir (data_dir/mail), fsync on", "config": str(self.config),
                 "workers": self.workers}
 
 
@@ -686,25 +696,27 @@ def smtp_source_cmd(port: int, sessions: int, messages: int, size: int, mode: st
 
 
 def wait_drained(server: Server, expect: int | None, timeout: float) -> float:
-    """Wait until the server's backlog is empty (and `expect` deliveries seen)."""
+    """Wait until the backlog is empty and `expect` messages were delivered.
+
+    When deliveries cannot be counted, or stop arriving short of `expect`, the wait ends
+    once the server's CPU has been quiet (< 1% of a CPU) for a second.
+    """
     t0 = time.monotonic()
     deadline = t0 + timeout
-    last, stable_since = None, time.monotonic()
+    quiet_cpu, quiet_since = server.acct.cpu_ns(), time.monotonic()
     while time.monotonic() < deadline:
-        backlog = server.backlog()
+        time.sleep(0.25)  # counting deliveries lists a Maildir: keep it cheap
         done = server.delivered()
-        if backlog == 0 and (expect is None or done is None or done >= expect):
-            if done is None:  # nothing to count: wait for CPU to go quiet instead
-                cpu = server.acct.cpu_ns()
-                if last is not None and cpu - last < 5e6:
-                    if time.monotonic() - stable_since > 0.5:
-                        break
-                else:
-                    stable_since = time.monotonic()
-                last = cpu
-            else:
-                break
-        time.sleep(0.1)
+        if server.backlog() == 0 and done is not None and expect is not None and done >= expect:
+            break
+        cpu, now = server.acct.cpu_ns(), time.monotonic()
+        if cpu - quiet_cpu > 10e6:  # busy: restart the quiet window
+            quiet_cpu, quiet_since = cpu, now
+        elif now - quiet_since >= 1.0:
+            if expect is not None and done is not None and done < expect:
+                log(f"warning: {server.label} went idle with {expect - done} "
+                    f"deliveries missing")
+            break
     else:
         log(f"warning: {server.label} not drained after {timeout}s "
             f"(backlog {server.backlog()}, delivered {server.delivered()})")
@@ -763,32 +775,39 @@ def median_result(rs: list[Result]) -> Result:
     return rs[len(rs) // 2]
 
 
-def bench_server(server: Server, args, plan) -> list[Result]:
+def bench_server(make_server, args, plan) -> list[Result]:
+    """Run the plan on servers from `make_server(tag)`: a fresh instance (empty queue and
+    store) for every cell with --fresh (the default), else one instance for all cells."""
     results: list[Result] = []
-    log(f"starting {server.label} on 127.0.0.1:{server.port} (accounting: {server.acct.kind})")
-    server.start()
-    try:
-        if args.warmup:
-            log(f"  warm-up: {args.warmup} messages, 20 sessions")
-            w = one_run(server, min(20, args.warmup), args.warmup, args.size, "new",
-                        args.timeout, args.drain_timeout)
-            if w.errors:
-                log(f"  warm-up problems: {'; '.join(w.errors)}")
-        for sessions, mode in plan:
-            reps = []
-            for i in range(args.repeat):
-                r = one_run(server, sessions, args.messages, args.size, mode,
+    groups = [[cell] for cell in plan] if args.fresh else [plan]
+    for n, cells in enumerate(groups):
+        server = make_server(f"run{n}" if args.fresh else "all")
+        log(f"starting {server.label} on 127.0.0.1:{server.port} "
+            f"(accounting: {server.acct.kind})")
+        server.start()
+        try:
+            if args.warmup:
+                w = one_run(server, min(20, args.warmup), args.warmup, args.size, "new",
                             args.timeout, args.drain_timeout)
-                reps.append(r)
-                log(f"  {sessions:>2} sessions, {MODE_NAMES[mode]:<27} "
-                    f"{r.rate:8.1f} msg/s  {r.cpu_ms_intake:6.2f} ms CPU/msg "
-                    f"({r.cpu_ms_total:.2f} with drain)  peak RSS {r.peak_rss_kb / 1024:.1f} MiB  "
-                    f"load {r.loadavg:.1f}"
-                    + (f"  PROBLEMS: {'; '.join(r.errors)}" if r.errors else ""))
-            results.append(median_result(reps))
-    finally:
-        log(f"stopping {server.label}")
-        server.stop()
+                log(f"  warm-up: {args.warmup} messages, 20 sessions: {w.rate:.0f} msg/s"
+                    + (f"; problems: {'; '.join(w.errors)}" if w.errors else ""))
+            for sessions, mode in cells:
+                reps = []
+                for _ in range(args.repeat):
+                    r = one_run(server, sessions, args.messages, args.size, mode,
+                                args.timeout, args.drain_timeout)
+                    reps.append(r)
+                    log(f"  {sessions:>2} sessions, {MODE_NAMES[mode]:<27} "
+                        f"{r.rate:8.1f} msg/s  {r.cpu_ms_intake:6.2f} ms CPU/msg "
+                        f"({r.cpu_ms_total:.2f} with drain)  "
+                        f"peak RSS {r.peak_rss_kb / 1024:.1f} MiB  load {r.loadavg:.1f}"
+                        + (f"  PROBLEMS: {'; '.join(r.errors)}" if r.errors else ""))
+                results.append(median_result(reps))
+        finally:
+            log(f"stopping {server.label}")
+            server.stop()
+            if args.fresh and not args.keep:
+                shutil.rmtree(server.work, ignore_errors=True)
     return results
 
 
@@ -856,6 +875,9 @@ def parse_args(argv=None):
                     help="new (a connection per message), reuse (smtp-source -d); default both")
     ap.add_argument("--size", type=int, default=5120, help="message body bytes (default 5120)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is reported")
+    ap.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
+                    help="a fresh server instance (empty queue and store) for every "
+                         "sessions x mode cell (default); --no-fresh: one instance for all")
     ap.add_argument("--warmup", type=int, default=200, help="warm-up messages per server (0: none)")
     ap.add_argument("--servers", default="postfix,mailwright", help="which servers to measure")
     ap.add_argument("--postfix-port", type=int, default=2600)
@@ -947,10 +969,13 @@ def main(argv=None) -> int:
                     ensure_postfix()
                 elif not os.path.exists(SMTP_SOURCE):
                     raise BenchError(f"{SMTP_SOURCE} missing and --no-install given")
-                pf = PostfixServer(args.postfix_port, work / "postfix", args.accounting,
-                                   args.postfix_delivery)
-                descriptions["postfix"] = pf.describe()
-                all_results["postfix"] = bench_server(pf, args, plan)
+                def make_pf(tag):
+                    return PostfixServer(args.postfix_port, work / f"postfix-{tag}",
+                                         args.accounting, args.postfix_delivery)
+                probe = make_pf("x")
+                probe.acct.close()
+                descriptions["postfix"] = probe.describe()
+                all_results["postfix"] = bench_server(make_pf, args, plan)
             except BenchError as exc:
                 failures["postfix"] = str(exc)
                 log(f"Postfix: FAILED: {exc}")
@@ -960,12 +985,16 @@ def main(argv=None) -> int:
                     raise BenchError(f"{SMTP_SOURCE} missing and --no-install given")
                 ensure_postfix()
             try:
-                mw = MailwrightServer(args.mailwright_port, work / "mailwright", args.accounting,
-                                      exe=args.mailwright, workers=args.workers,
-                                      config_template=args.mailwright_config)
-                descriptions["mailwright"] = mw.describe()
-                log(f"Mailwright interpreter: {mw.interpreter}")
-                all_results["mailwright"] = bench_server(mw, args, plan)
+                def make_mw(tag):
+                    return MailwrightServer(args.mailwright_port, work / f"mailwright-{tag}",
+                                            args.accounting, exe=args.mailwright,
+                                            workers=args.workers,
+                                            config_template=args.mailwright_config)
+                probe = make_mw("x")
+                probe.acct.close()
+                descriptions["mailwright"] = probe.describe()
+                log(f"Mailwright interpreter: {descriptions['mailwright']['interpreter']}")
+                all_results["mailwright"] = bench_server(make_mw, args, plan)
             except BenchError as exc:
                 failures["mailwright"] = str(exc)
                 log(f"Mailwright: FAILED: {exc}")

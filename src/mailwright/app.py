@@ -7,6 +7,11 @@ accept on them too (the kernel spreads connections). Workers commit to the same 
 wake the primary's queue manager through a pipe after each commit. A worker that dies is
 restarted; workers exit when the primary goes away.
 
+Local submission (``mailwright sendmail``) commits into the store directly and then pokes
+the primary through a unix datagram socket, ``data_dir/run/wake.sock`` (``WAKE_SOCKET``):
+any datagram wakes the queue manager.  A missing or dead socket only delays delivery until
+the manager's next idle pass.
+
 Start-up order: data directory, TLS material (self-signed on first start), store migration
 and crash recovery (half-written bodies removed, committed messages resume), local domains
 and the postmaster mailbox seeded, then listeners.
@@ -32,6 +37,31 @@ from .routing.directory import Directory
 from .routing.router import Router
 
 log = logging.getLogger("mailwright.server")
+
+#: The primary's wake-up socket, relative to data_dir (see the module docstring).
+WAKE_SOCKET = "run/wake.sock"
+
+
+def wake_socket_path(settings: Settings) -> str:
+    return str(settings.resolve(WAKE_SOCKET))
+
+
+def _bind_wake_socket(path: str) -> socket.socket | None:
+    """A non-blocking unix datagram socket at ``path`` (a stale file is replaced)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        return sock
+    except OSError as exc:   # e.g. a path longer than sun_path allows
+        log.warning("wake socket %s unavailable (%s); local submissions wait for the "
+                    "next queue pass", path, exc)
+        return None
 
 
 def _listener_specs(settings: Settings) -> list[ListenerSpec]:
@@ -131,13 +161,18 @@ class Worker:
         intake = IntakeServer(hostname=settings.hostname, store=store, directory=directory,
                               limits=_limits(settings), ssl_context=ssl_context,
                               trusted_networks=settings.relay.trusted_networks,
-                              on_commit=self._on_commit(manager))
+                              on_commit=self._on_commit(manager),
+                              submission=settings.submission)
         await intake.start(self.sockets)
         tasks = []
+        wake_sock = None
         if manager is not None:
             tasks.append(loop.create_task(manager.run()))
             if self.wake_fd is not None:
                 loop.add_reader(self.wake_fd, self._drain, manager)
+            wake_sock = _bind_wake_socket(wake_socket_path(settings))
+            if wake_sock is not None:
+                loop.add_reader(wake_sock.fileno(), self._drain_socket, wake_sock, manager)
             tasks.append(loop.create_task(self._supervise_workers()))
         else:
             tasks.append(loop.create_task(self._watch_parent()))
@@ -146,6 +181,13 @@ class Worker:
                            for s, sock in self.sockets))
         await self.stopping.wait()
         log.info("shutting down")
+        if wake_sock is not None:
+            loop.remove_reader(wake_sock.fileno())
+            wake_sock.close()
+            try:
+                os.unlink(wake_socket_path(settings))
+            except OSError:
+                pass
         await intake.stop()
         if manager is not None:
             manager.stop()
@@ -155,6 +197,11 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if manager is not None:
+            for agent in manager.agents.values():
+                close = getattr(agent, "close", None)
+                if close is not None:
+                    await close()       # e.g. pooled outbound connections: QUIT
         for child in self.children.values():
             try:
                 child.wait(10)
@@ -164,17 +211,27 @@ class Worker:
 
     def _queue_manager(self, store, directory_getter):
         from .delivery.maildir import MaildirAgent
+        from .delivery.smtp import build_smtp_agent
         from .queue.manager import QueueManager
         from .queue.retry import RetrySchedule
         s = self.settings
-        agents = {"maildir": MaildirAgent(str(s.paths.maildir_root), s.hostname,
-                                          s.delivery.fsync, directory=store)}
+        agents = {
+            "maildir": MaildirAgent(str(s.paths.maildir_root), s.hostname, s.delivery.fsync,
+                                    directory=store),
+            # Local domains never leave over SMTP (the router never sends them there;
+            # the agent refuses them as a second guard).
+            "smtp": build_smtp_agent(s.outbound, hostname=s.hostname,
+                                     local_domains=lambda d: directory_getter()
+                                     .is_local_domain(d)),
+        }
         retry = RetrySchedule(first=s.queue.retry_first, factor=s.queue.retry_factor,
                               max_interval=s.queue.retry_max_interval, max_age=s.queue.max_age)
         return QueueManager(store, Router(directory_getter), agents, retry,
                             owner=f"{socket.gethostname()}:{os.getpid()}",
                             concurrency=s.queue.delivery_concurrency,
-                            lease_seconds=s.queue.lease_seconds)
+                            lease_seconds=s.queue.lease_seconds, hostname=s.hostname,
+                            delay_warning_after=float(s.queue.delay_warning_after),
+                            dsn_max_original_size=s.queue.dsn_max_original_size)
 
     def _on_commit(self, manager):
         if manager is not None:
@@ -192,6 +249,17 @@ class Worker:
                 if exc.errno == errno.EPIPE:
                     self.stopping.set()
         return notify
+
+    @staticmethod
+    def _drain_socket(sock: socket.socket, manager) -> None:
+        try:
+            while sock.recv(64):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return
+        manager.wake()
 
     def _drain(self, manager) -> None:
         try:

@@ -35,8 +35,13 @@ def test_defaults_need_no_file(tmp_path, monkeypatch):
     assert s.source == "<defaults>"
     assert s.data_dir == str(tmp_path / "mailwright-data")
     assert s.workers == 1
-    assert s.listeners == (ListenerSettings(name="smtp", port=2525, address="127.0.0.1",
-                                            role="mx", tls="starttls"),)
+    assert s.listeners == (
+        ListenerSettings(name="smtp", port=2525, address="127.0.0.1", role="mx",
+                         tls="starttls"),
+        ListenerSettings(name="submission", port=2587, address="127.0.0.1",
+                         role="submission", tls="starttls"),
+        ListenerSettings(name="submissions", port=2465, address="127.0.0.1",
+                         role="submissions", tls="implicit"))
     assert s.tls.cert_file == "" and s.tls.key_file == "" and s.tls.self_signed
     assert s.tls.min_version == "TLSv1.2"
     lim = s.limits

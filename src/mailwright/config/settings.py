@@ -232,7 +232,9 @@ class ListenerSettings:
 
 
 def _default_listeners() -> tuple[ListenerSettings, ...]:
-    return (ListenerSettings(name="smtp", port=2525),)
+    return (ListenerSettings(name="smtp", port=2525),
+            ListenerSettings(name="submission", port=2587, role="submission", tls="starttls"),
+            ListenerSettings(name="submissions", port=2465, role="submissions", tls="implicit"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,12 @@ class QueueSettings:
     lease_seconds: int = _key(300, conv=_pos_int,
                               doc="How long a claimed message is reserved for one delivery "
                                   "worker before another may claim it.")
+    delay_warning_after: int = _key(14400, conv=_nonneg_int,
+                                    doc="Seconds after arrival before a still undelivered "
+                                        "recipient's sender gets one delay DSN (0 = never).")
+    dsn_max_original_size: int = _key(1048576, conv=_nonneg_int,
+                                      doc="A failure DSN returns the original message up to "
+                                          "this many bytes, only its headers above it.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +340,10 @@ class LogSettings:
     format: str = _key("human", conv=_choice("human", "json"),
                        doc="'human' (one readable line per event) or 'json' (one object per line).")
     file: str = _key("", conv=_str, doc="Log file, relative to data_dir; empty = standard output.")
+
+
+from .submission import SubmissionSettings  # noqa: E402  (it imports the helpers above)
+from .outbound import OutboundSettings  # noqa: E402  (same)
 
 
 @functools.lru_cache(maxsize=1)
@@ -390,6 +402,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     log: LogSettings = field(default_factory=LogSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     source: str = field(default=DEFAULT_SOURCE, compare=False)  # file loaded (not a key)
 
     def __post_init__(self) -> None:
@@ -431,7 +445,7 @@ class Settings:
 _SECTIONS: dict[str, type] = {
     "tls": TLSSettings, "limits": LimitsSettings, "queue": QueueSettings,
     "delivery": DeliverySettings, "store": StoreSettings, "relay": RelaySettings,
-    "log": LogSettings,
+    "log": LogSettings, "submission": SubmissionSettings, "outbound": OutboundSettings,
 }
 _TOP_SCALARS = ("hostname", "data_dir", "workers", "local_domains")
 
@@ -606,6 +620,9 @@ def parse_settings(data: Mapping[str, Any], source: str = DEFAULT_SOURCE,
         out.error("queue.retry_max_interval",
                   f"must be >= queue.retry_first ({queue.retry_first}), "
                   f"got {queue.retry_max_interval}")
+    submission = kwargs.get("submission")
+    for key, problem in submission.check() if submission is not None else ():
+        out.error(f"submission.{key}", problem)
     if out.errors:
         raise ConfigError(out.errors)
 
@@ -644,9 +661,15 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 def settings_to_dict(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain TOML/JSON-able data (every key, no ``source``)."""
+    def value(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [value(x) for x in v]
+        if dataclasses.is_dataclass(v):     # an array-of-tables item, e.g. outbound.routes
+            return section(v)
+        return v
+
     def section(obj: Any) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(obj, f.name), tuple) else v)
-                for f in _key_fields(type(obj))}
+        return {f.name: value(getattr(obj, f.name)) for f in _key_fields(type(obj))}
     out = section(settings)
     out["listeners"] = [section(lst) for lst in settings.listeners]
     for name in _SECTIONS:
@@ -675,5 +698,12 @@ def settings_to_toml(settings: Settings) -> str:
     for lst in data["listeners"]:
         lines += ["", "[[listeners]]"] + [f"{k} = {_toml_value(v)}" for k, v in lst.items()]
     for name in _SECTIONS:
-        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items()]
+        tables = {k: v for k, v in data[name].items()
+                  if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items()
+                                      if k not in tables]
+        for k, items in tables.items():     # arrays of tables go after the plain keys
+            for item in items:
+                lines += ["", f"[[{name}.{k}]]"] + [f"{ik} = {_toml_value(iv)}"
+                                                    for ik, iv in item.items()]
     return "\n".join(lines) + "\n"

@@ -6,13 +6,16 @@ Invariants every backend keeps (and the contract tests in tests/store check):
 * A message is visible to ``claim_due`` only when committed; a half-written blob from a
   crash is never visible and ``recover()`` removes it.
 * Recipient state changes are recorded per recipient; a message whose recipients are all
-  final is complete and its blob may be removed.
+  final and owe no DSN is complete and its blob may be removed.
+* DSN bookkeeping (RFC 3464): an owed DSN is flagged per recipient in the same transaction
+  as the result that caused it (``record_results(dsn=...)``) and cleared in the same
+  transaction that commits the DSN message (``commit_dsn``): never lost, never doubled.
 * Directory lookups (domains, mailboxes, aliases) compare case-insensitively.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from ..queue.model import DeliveryResult, Envelope, QueuedMessage, RecipientState
 
@@ -59,9 +62,13 @@ class Store(Protocol):
         """Messages with at least one QUEUED recipient whose next_attempt_at <= now,
         leased to ``owner`` (only their due recipients included)."""
     async def record_results(self, queue_id: str, results: Sequence[DeliveryResult],
-                             now: float, next_attempt_at: float | None) -> None:
+                             now: float, next_attempt_at: float | None,
+                             dsn: Mapping[int, str] | None = None) -> None:
         """Record attempts; ok → DELIVERED, permanent → FAILED, else stays QUEUED with
-        attempts+1 and next_attempt_at. Releases the lease. Removes the blob when all final."""
+        attempts+1 and next_attempt_at. Releases the lease. Removes the blob when all final
+        and no DSN is owed. ``dsn`` maps recipient ids to the DSN action now owed
+        (``model.DSN_ACTIONS``), flagged in the same transaction ("delayed" also marks
+        the recipient's one delay warning as used)."""
     async def next_due_time(self) -> float | None: ...
     def read_body(self, message: QueuedMessage) -> bytes: ...
     def body_path(self, message: QueuedMessage) -> str: ...
@@ -73,8 +80,11 @@ class Store(Protocol):
     async def add_domain(self, domain: str) -> None: ...
     async def remove_domain(self, domain: str) -> bool: ...
     async def list_domains(self) -> list[str]: ...
-    async def add_mailbox(self, address: str, password_hash: str, quota_bytes: int = 0) -> None: ...
-    async def set_password(self, address: str, password_hash: str) -> bool: ...
+    async def add_mailbox(self, address: str, password_hash: str, quota_bytes: int = 0,
+                          scram_sha256: str = "") -> None: ...
+    async def set_password(self, address: str, password_hash: str,
+                           scram_sha256: str = "") -> bool:
+        """Replace the scrypt hash and the SCRAM-SHA-256 verifier together."""
     async def remove_mailbox(self, address: str) -> bool: ...
     async def list_mailboxes(self, domain: str | None = None) -> list[Mailbox]: ...
     async def get_mailbox(self, address: str) -> Mailbox | None: ...
@@ -87,6 +97,14 @@ class Store(Protocol):
     async def directory_version(self) -> int:
         """Changes whenever domains/mailboxes/aliases change (cheap to poll)."""
 
+    # --- submission (schema 2): SCRAM verifiers and send-as grants
+    async def get_scram_verifier(self, address: str) -> str:
+        """The stored SCRAM-SHA-256 verifier (smtp/sasl.py format); "" if none."""
+    async def add_send_as(self, login: str, address: str) -> None:
+        """Let mailbox ``login`` send as ``address`` ("user@domain" or "*@domain")."""
+    async def remove_send_as(self, login: str, address: str) -> bool: ...
+    async def list_send_as(self, login: str) -> list[str]: ...
+
     # --- operations (added with the SQLite backend)
     async def hold(self, queue_id: str) -> int:
         """QUEUED recipients of the message → HELD; returns how many changed."""
@@ -96,6 +114,22 @@ class Store(Protocol):
         """Remove the message, its recipients, history and body; False if unknown."""
     async def list_attempts(self, queue_id: str) -> list["AttemptRecord"]:
         """Every recorded delivery attempt of the message, oldest first."""
+
+    # --- DSN bookkeeping (schema 3; queue/manager.py sends, message/dsn.py builds)
+    async def pending_dsns(self, limit: int = 100) -> list[QueuedMessage]:
+        """Messages owing a DSN for some recipient, listing only those recipients
+        (``dsn_pending`` set); their bodies are still present."""
+    async def commit_dsn(self, envelope: Envelope, blob: BlobWriter, source_queue_id: str,
+                         covered: Mapping[int, str], now: float) -> str | None:
+        """Durably commit the DSN message (like ``commit_message``) and, in the same
+        transaction, clear the owed flags of ``covered`` (recipient id → the action the
+        DSN reports, which must still be the owed one) and complete the source message if
+        it is done. Returns the DSN's queue id, or None (blob discarded, nothing changed)
+        when any of those flags was already settled (another worker sent the DSN)."""
+    async def clear_dsn(self, source_queue_id: str, covered: Mapping[int, str],
+                        now: float) -> bool:
+        """Settle owed flags without sending a DSN (e.g. the sender turned out to be
+        null); False (nothing changed) if any was already settled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +150,7 @@ class AttemptRecord:
     ok: bool
     permanent: bool
     reply: str
+    remote_mta: str = ""        # the host that gave ``reply`` ("" = local / no connection)
 
 
 @dataclass(frozen=True, slots=True)

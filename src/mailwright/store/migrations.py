@@ -31,6 +31,14 @@ Schema (version 1):
 Version 2 adds ``send_as(login → mailboxes, address)``: sender addresses granted to a
 login for submission (``*@domain`` grants a whole domain), and ``mailboxes.scram_sha256``,
 the SCRAM-SHA-256 verifier (RFC 7677) kept beside the scrypt password hash.
+
+Version 3 adds DSN bookkeeping (RFC 3464) to ``recipients``: ``remote_mta`` and
+``status`` of the last attempt (also ``attempts.remote_mta``), ``dsn_pending`` (the DSN
+action owed: failed/delayed/delivered/relayed/expanded, NULL = none; partial index
+``recipients_dsn``), ``dsn_delayed`` (a delay warning was owed once), ``dsn_sent`` and
+``dsn_queue_id`` (the last DSN that reported on the recipient). A message is complete
+(``completed_at``, body removed) only when every recipient is final *and* no DSN is owed,
+because the DSN returns the body or its headers.
 """
 from __future__ import annotations
 
@@ -126,6 +134,20 @@ MIGRATIONS: list[list[str]] = [
         # RFC 5802/7677 SCRAM-SHA-256 verifier "salt_b64$iterations$storedkey_b64$serverkey_b64"
         # derived when the password is set ('' = SCRAM unavailable for this login).
         "ALTER TABLE mailboxes ADD COLUMN scram_sha256 TEXT NOT NULL DEFAULT ''",
+    ],
+    # 2 -> 3: DSN bookkeeping (RFC 3464; queue/manager.py, message/dsn.py). The owed flag
+    # is set in the same transaction as the recipient's result and cleared in the same
+    # transaction that commits the DSN message, so a crash can neither lose nor double it.
+    [
+        "ALTER TABLE recipients ADD COLUMN remote_mta TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE recipients ADD COLUMN status TEXT NOT NULL DEFAULT ''",
+        """ALTER TABLE recipients ADD COLUMN dsn_pending TEXT
+            CHECK (dsn_pending IN ('failed', 'delayed', 'delivered', 'relayed', 'expanded'))""",
+        "ALTER TABLE recipients ADD COLUMN dsn_delayed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE recipients ADD COLUMN dsn_sent TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE recipients ADD COLUMN dsn_queue_id TEXT",
+        "CREATE INDEX recipients_dsn ON recipients(queue_id) WHERE dsn_pending IS NOT NULL",
+        "ALTER TABLE attempts ADD COLUMN remote_mta TEXT NOT NULL DEFAULT ''",
     ],
 ]
 

@@ -39,9 +39,16 @@ Invariants:
 
 * A message row exists only if its body was fsync'd and linked (and the directory
   fsync'd) before the row's transaction committed.
-* A message whose recipients are all final gets ``completed_at`` in the same
-  transaction as the last result; its body is unlinked after that commit (``recover``
-  finishes the job if we crash in between). Rows are kept for history.
+* A message whose recipients are all final and owe no DSN gets ``completed_at`` in the
+  same transaction as the last result (or as the commit of its last DSN); its body is
+  unlinked after that commit (``recover`` finishes the job if we crash in between). Rows
+  are kept for history.
+* DSN bookkeeping (schema 3): ``record_results(..., dsn=...)`` sets ``dsn_pending`` in the
+  result's transaction; ``commit_dsn`` inserts the DSN message and clears exactly those
+  flags in one transaction of the group commit (a ``(envelope, blob, after)`` payload
+  whose ``after(conn, queue_id)`` runs inside it). If a flag changed meanwhile (another
+  worker sent that DSN) the whole item rolls back and its blob is discarded: each owed
+  DSN is committed exactly once.
 * Directory names are lower-cased on the way in; every directory change bumps
   ``meta.directory_version`` in the same transaction.
 """
@@ -54,10 +61,10 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..queue.model import (
-    FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
+    DSN_ACTIONS, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
     RecipientRequest, RecipientState,
 )
 from . import migrations
@@ -79,7 +86,12 @@ _MSG_COLS = ("queue_id, sender, received_at, client_ip, client_port, client_name
              "protocol, tls, auth_user, body_type, smtputf8, ret, envid, size, listener, "
              "blob, created_at")
 _RCPT_COLS = ("id, queue_id, address, notify, orcpt, state, attempts, next_attempt_at, "
-              "last_attempt_at, last_reply, final_at")
+              "last_attempt_at, last_reply, final_at, remote_mta, status, dsn_pending, "
+              "dsn_delayed, dsn_sent, dsn_queue_id")
+
+
+class _StaleDsn(StoreError):
+    """The DSN flags changed under a DSN commit (another worker settled them first)."""
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -310,11 +322,14 @@ class SQLiteStore:
                 c.execute(f"DELETE FROM messages WHERE queue_id IN ({','.join('?' * len(part))})",
                           part)
             if exclusive:
-                leases = c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
-                                   " WHERE lease_owner IS NOT NULL").rowcount
+                # Expire rather than clear: the owner stays, so the next claim knows the
+                # message was in flight in a crash (QueuedMessage.reclaimed).
+                leases = c.execute("UPDATE messages SET lease_expires = 0"
+                                   " WHERE lease_owner IS NOT NULL AND lease_expires > 0").rowcount
             else:
-                leases = c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
-                                   " WHERE lease_expires <= ?", (now,)).rowcount
+                leases = c.execute("UPDATE messages SET lease_expires = 0"
+                                   " WHERE lease_expires <= ? AND lease_expires > 0",
+                                   (now,)).rowcount
             orphans = [rel for rel, mtime in files.items()
                        if rel not in active and (rel in completed or mtime < cutoff)]
             return len(missing), leases, orphans
@@ -355,6 +370,11 @@ class SQLiteStore:
 
     def _commit_batch(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
         """Writer thread: make a batch of bodies durable, then their rows (one txn)."""
+        for item in items:      # create and fill the files of bodies kept in memory
+            try:
+                item.payload[1].materialize()
+            except OSError as exc:
+                item.error = StoreError(f"cannot write message body: {exc.strerror}")
         if self._syncfs and len(items) > 1:
             # name every body, then one syncfs(2) makes bodies and names durable
             self._publish(items)
@@ -455,6 +475,9 @@ class SQLiteStore:
                          f"({','.join('?' * 18)})", msgs)
         conn.executemany("INSERT INTO recipients (queue_id, address, notify, orcpt, state, "
                          "next_attempt_at) VALUES (?, ?, ?, ?, 'queued', ?)", rcpts)
+        for item in items:
+            if len(item.payload) > 2:    # commit_dsn: clear the owed flags in this txn
+                item.payload[2](conn, item.payload[1].queue_id)
 
     # ------------------------------------------------------------------ loading
     def _load(self, conn: sqlite3.Connection, queue_ids: Sequence[str],
@@ -475,7 +498,8 @@ class SQLiteStore:
                     id=r[0], queue_id=r[1], address=r[2], notify=_decode_notify(r[3]),
                     orcpt=r[4], state=RecipientState(r[5]), attempts=r[6],
                     next_attempt_at=r[7], last_attempt_at=r[8], last_reply=r[9],
-                    final_at=r[10]))
+                    final_at=r[10], remote_mta=r[11], status=r[12], dsn_pending=r[13],
+                    dsn_delayed=bool(r[14]), dsn_sent=r[15], dsn_queue_id=r[16]))
         out = []
         for qid in queue_ids:
             row = rows.get(qid)
@@ -497,28 +521,42 @@ class SQLiteStore:
     async def claim_due(self, now: float, limit: int, owner: str, lease_seconds: float
                         ) -> list[QueuedMessage]:
         def fn(c: sqlite3.Connection, remove: list[str]) -> list[QueuedMessage]:
-            ids = [r[0] for r in c.execute(
-                "SELECT r.queue_id, MIN(r.next_attempt_at) AS due"
+            rows = c.execute(
+                "SELECT r.queue_id, MIN(r.next_attempt_at) AS due, m.lease_owner"
                 " FROM recipients r JOIN messages m ON m.queue_id = r.queue_id"
                 " WHERE r.state = 'queued' AND r.next_attempt_at <= ?"
                 "   AND (m.lease_owner IS NULL OR m.lease_expires <= ?)"
                 " GROUP BY r.queue_id ORDER BY due, r.queue_id LIMIT ?",
-                (now, now, limit))]
-            if not ids:
+                (now, now, limit)).fetchall()
+            if not rows:
                 return []
+            ids = [r[0] for r in rows]
             c.executemany("UPDATE messages SET lease_owner = ?, lease_expires = ?"
                           " WHERE queue_id = ?",
                           [(owner, now + lease_seconds, q) for q in ids])
-            return self._load(c, ids, lambda r: r.state is RecipientState.QUEUED
-                              and r.next_attempt_at <= now)
+            out = self._load(c, ids, lambda r: r.state is RecipientState.QUEUED
+                             and r.next_attempt_at <= now)
+            # A lease still held (expired) means an earlier claim never recorded its
+            # results: that attempt may have delivered (agents then check, idempotently).
+            reclaimed = {r[0] for r in rows if r[2] is not None}
+            for m in out:
+                m.reclaimed = m.queue_id in reclaimed
+            return out
         return await self._write(fn)
 
     async def record_results(self, queue_id: str, results: Sequence[DeliveryResult],
-                             now: float, next_attempt_at: float | None) -> None:
+                             now: float, next_attempt_at: float | None,
+                             dsn: Mapping[int, str] | None = None) -> None:
         """See ``base.Store``. ``next_attempt_at=None`` with temporary failures means
         "due again at ``now``". Results for recipients already final are added to the
-        history only. An unknown message or recipient id raises NotFoundError."""
+        history only. An unknown message or recipient id raises NotFoundError.
+        ``dsn`` maps recipient ids to the DSN action now owed for them (set in this
+        same transaction; "delayed" also sets ``dsn_delayed``)."""
         retry_at = now if next_attempt_at is None else next_attempt_at
+        owed = dict(dsn or {})
+        for action in owed.values():
+            if action not in DSN_ACTIONS:
+                raise ValueError(f"unknown DSN action {action!r}")
 
         def fn(c: sqlite3.Connection, remove: list[str]) -> None:
             row = c.execute("SELECT blob FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
@@ -531,30 +569,133 @@ class SQLiteStore:
                 state = states.get(res.recipient_id)
                 if state is None:
                     raise NotFoundError(f"recipient {res.recipient_id} is not part of {queue_id}")
-                history.append((res.recipient_id, now, int(res.ok), int(res.permanent), res.reply))
+                history.append((res.recipient_id, now, int(res.ok), int(res.permanent), res.reply,
+                                res.remote_mta))
                 if RecipientState(state) in FINAL_STATES:
                     continue
                 if res.ok or res.permanent:
                     new = RecipientState.DELIVERED if res.ok else RecipientState.FAILED
                     c.execute("UPDATE recipients SET state = ?, attempts = attempts + 1,"
-                              " last_attempt_at = ?, last_reply = ?, final_at = ? WHERE id = ?",
-                              (new.value, now, res.reply, now, res.recipient_id))
+                              " last_attempt_at = ?, last_reply = ?, final_at = ?,"
+                              " remote_mta = ?, status = ? WHERE id = ?",
+                              (new.value, now, res.reply, now, res.remote_mta, res.status,
+                               res.recipient_id))
                     states[res.recipient_id] = new.value
                 else:
                     c.execute("UPDATE recipients SET attempts = attempts + 1,"
-                              " last_attempt_at = ?, last_reply = ?, next_attempt_at = ?"
-                              " WHERE id = ?", (now, res.reply, retry_at, res.recipient_id))
-            c.executemany("INSERT INTO attempts (recipient_id, at, ok, permanent, reply)"
-                          " VALUES (?, ?, ?, ?, ?)", history)
-            if all(RecipientState(s) in FINAL_STATES for s in states.values()):
-                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL,"
-                          " completed_at = COALESCE(completed_at, ?) WHERE queue_id = ?",
-                          (now, queue_id))
+                              " last_attempt_at = ?, last_reply = ?, next_attempt_at = ?,"
+                              " remote_mta = ?, status = ? WHERE id = ?",
+                              (now, res.reply, retry_at, res.remote_mta, res.status,
+                               res.recipient_id))
+                action = owed.get(res.recipient_id)
+                if action is not None:
+                    c.execute("UPDATE recipients SET dsn_pending = ?,"
+                              " dsn_delayed = MAX(dsn_delayed, ?) WHERE id = ?",
+                              (action, int(action == "delayed"), res.recipient_id))
+            c.executemany("INSERT INTO attempts (recipient_id, at, ok, permanent, reply,"
+                          " remote_mta) VALUES (?, ?, ?, ?, ?, ?)", history)
+            c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
+                      " WHERE queue_id = ?", (queue_id,))
+            if self._complete_if_done(c, queue_id, now):
                 remove.append(row[0])
-            else:
-                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
-                          " WHERE queue_id = ?", (queue_id,))
         await self._write(fn)
+
+    @staticmethod
+    def _complete_if_done(c: sqlite3.Connection, queue_id: str, now: float) -> bool:
+        """Mark the message complete when every recipient is final and no DSN is owed
+        (the DSN needs the body); True if it is complete now (its blob may go)."""
+        open_rows = c.execute(
+            f"SELECT COUNT(*) FROM recipients WHERE queue_id = ?"
+            f" AND (state NOT IN {_FINAL_SQL} OR dsn_pending IS NOT NULL)",
+            (queue_id,)).fetchone()[0]
+        if open_rows:
+            return False
+        c.execute("UPDATE messages SET completed_at = COALESCE(completed_at, ?)"
+                  " WHERE queue_id = ?", (now, queue_id))
+        return True
+
+    # ------------------------------------------------------------------ DSN bookkeeping
+    async def pending_dsns(self, limit: int = 100) -> list[QueuedMessage]:
+        """See ``base.Store``: messages owing a DSN, with only the owed recipients."""
+        def fn(c: sqlite3.Connection) -> list[QueuedMessage]:
+            ids = [r[0] for r in c.execute(
+                "SELECT DISTINCT queue_id FROM recipients WHERE dsn_pending IS NOT NULL"
+                " ORDER BY queue_id LIMIT ?", (limit,))]
+            return self._load(c, ids, lambda r: r.dsn_pending is not None)
+        return await self._read(fn)
+
+    def _settle_dsn(self, c: sqlite3.Connection, source_queue_id: str,
+                    covered: Mapping[int, str], dsn_queue_id: str | None, now: float,
+                    remove: list[str]) -> None:
+        """Clear the owed flags of ``covered`` (all or nothing: _StaleDsn if any flag
+        changed since it was read), then complete the source message if it is done."""
+        remove.clear()
+        for rid, action in covered.items():
+            n = c.execute("UPDATE recipients SET dsn_pending = NULL,"
+                          " dsn_sent = CASE WHEN ? IS NULL THEN dsn_sent ELSE ? END,"
+                          " dsn_queue_id = COALESCE(?, dsn_queue_id)"
+                          " WHERE id = ? AND queue_id = ? AND dsn_pending = ?",
+                          (dsn_queue_id, action, dsn_queue_id, rid, source_queue_id,
+                           action)).rowcount
+            if n != 1:
+                raise _StaleDsn(f"DSN flag of recipient {rid} of {source_queue_id} changed")
+        if self._complete_if_done(c, source_queue_id, now):
+            row = c.execute("SELECT blob FROM messages WHERE queue_id = ?",
+                            (source_queue_id,)).fetchone()
+            if row is not None:
+                remove.append(row[0])
+
+    async def commit_dsn(self, envelope: Envelope, blob: FileBlobWriter,  # type: ignore[override]
+                         source_queue_id: str, covered: Mapping[int, str], now: float
+                         ) -> str | None:
+        """See ``base.Store``. The DSN's rows and the cleared flags are one transaction
+        (the group commit's): exactly once. Returns None (blob discarded) when another
+        worker already settled these flags."""
+        if not covered:
+            raise ValueError("a DSN must cover at least one recipient")
+        remove: list[str] = []
+        state = {"stale": False}
+
+        def after(c: sqlite3.Connection, dsn_queue_id: str) -> None:
+            try:
+                self._settle_dsn(c, source_queue_id, covered, dsn_queue_id, now, remove)
+            except _StaleDsn:
+                state["stale"] = True
+                raise
+        if not envelope.recipients:
+            raise ValueError("a message needs at least one recipient")
+        if not isinstance(blob, FileBlobWriter) or blob.owner is not self.blobs:
+            raise ValueError("blob was not created by this store")
+        if self._writer is None:
+            raise StoreError("store is not open")
+        blob.seal()
+        try:
+            fut = self._writer.submit_commit((envelope, blob, after),
+                                             asyncio.get_running_loop())
+        except BaseException:
+            blob.discard()
+            raise
+        try:
+            qid = await fut
+        except StoreError:
+            if state["stale"]:
+                log.info("DSN for %s already sent by another worker", source_queue_id)
+                return None
+            raise
+        for rel in remove:
+            self.blobs.remove(rel)
+        return qid
+
+    async def clear_dsn(self, source_queue_id: str, covered: Mapping[int, str],
+                        now: float) -> bool:
+        """See ``base.Store``: settle owed flags without sending (False if stale)."""
+        def fn(c: sqlite3.Connection, remove: list[str]) -> bool:
+            self._settle_dsn(c, source_queue_id, covered, None, now, remove)
+            return True
+        try:
+            return await self._write(fn)
+        except _StaleDsn:        # raised inside the transaction: rolled back, nothing changed
+            return False
 
     async def next_due_time(self) -> float | None:
         """Earliest time a QUEUED recipient becomes claimable (its lease considered)."""
@@ -622,9 +763,10 @@ class SQLiteStore:
     async def list_attempts(self, queue_id: str) -> list[AttemptRecord]:
         def fn(c: sqlite3.Connection) -> list[AttemptRecord]:
             return [AttemptRecord(recipient_id=r[0], address=r[1], at=r[2], ok=bool(r[3]),
-                                  permanent=bool(r[4]), reply=r[5])
+                                  permanent=bool(r[4]), reply=r[5], remote_mta=r[6])
                     for r in c.execute(
-                        "SELECT a.recipient_id, r.address, a.at, a.ok, a.permanent, a.reply"
+                        "SELECT a.recipient_id, r.address, a.at, a.ok, a.permanent, a.reply,"
+                        " a.remote_mta"
                         " FROM attempts a JOIN recipients r ON r.id = a.recipient_id"
                         " WHERE r.queue_id = ? ORDER BY a.at, a.id", (queue_id,))]
         return await self._read(fn)
@@ -674,7 +816,8 @@ class SQLiteStore:
         return await self._read(lambda c: [r[0] for r in c.execute(
             "SELECT name FROM domains ORDER BY name")])
 
-    async def add_mailbox(self, address: str, password_hash: str, quota_bytes: int = 0) -> None:
+    async def add_mailbox(self, address: str, password_hash: str, quota_bytes: int = 0,
+                          scram_sha256: str = "") -> None:
         a = _norm(address)
         d = _domain_of(a)
         if a.startswith("@"):
@@ -684,19 +827,21 @@ class SQLiteStore:
             self._require_domain(c, d)
             try:
                 c.execute("INSERT INTO mailboxes (address, domain, password_hash, quota_bytes,"
-                          " created_at) VALUES (?, ?, ?, ?, ?)",
-                          (a, d, password_hash, int(quota_bytes), time.time()))
+                          " created_at, scram_sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                          (a, d, password_hash, int(quota_bytes), time.time(), scram_sha256))
             except sqlite3.IntegrityError:
                 raise DuplicateError(f"mailbox {a} exists") from None
             self._bump(c)
         await self._write(fn)
 
-    async def set_password(self, address: str, password_hash: str) -> bool:
+    async def set_password(self, address: str, password_hash: str,
+                           scram_sha256: str = "") -> bool:
+        """Replace the scrypt hash and the SCRAM-SHA-256 verifier together ("" = none)."""
         a = _norm(address)
 
         def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
-            n = c.execute("UPDATE mailboxes SET password_hash = ? WHERE address = ?",
-                          (password_hash, a)).rowcount
+            n = c.execute("UPDATE mailboxes SET password_hash = ?, scram_sha256 = ?"
+                          " WHERE address = ?", (password_hash, scram_sha256, a)).rowcount
             if n:
                 self._bump(c)
             return bool(n)
@@ -798,6 +943,38 @@ class SQLiteStore:
     async def directory_version(self) -> int:
         return await self._read(lambda c: c.execute(
             "SELECT value FROM meta WHERE key = 'directory_version'").fetchone()[0])
+
+    # ------------------------------------------------------------------ submission
+    async def get_scram_verifier(self, address: str) -> str:
+        """The mailbox's SCRAM-SHA-256 verifier, "" if none or no such mailbox."""
+        row = await self._read(lambda c: c.execute(
+            "SELECT scram_sha256 FROM mailboxes WHERE address = ?", (_norm(address),)
+        ).fetchone())
+        return row[0] if row else ""
+
+    async def add_send_as(self, login: str, address: str) -> None:
+        """Grant ``login`` (a mailbox) the sender ``address`` ("user@domain" or
+        "*@domain"). NotFoundError if the mailbox is unknown, DuplicateError if granted."""
+        lg, ad = _norm(login), _norm(address)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            if c.execute("SELECT 1 FROM mailboxes WHERE address = ?", (lg,)).fetchone() is None:
+                raise NotFoundError(f"unknown mailbox {lg}")
+            try:
+                c.execute("INSERT INTO send_as (login, address) VALUES (?, ?)", (lg, ad))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"{lg} may already send as {ad}") from None
+        await self._write(fn)
+
+    async def remove_send_as(self, login: str, address: str) -> bool:
+        lg, ad = _norm(login), _norm(address)
+        return await self._write(lambda c, rm: c.execute(
+            "DELETE FROM send_as WHERE login = ? AND address = ?", (lg, ad)).rowcount > 0)
+
+    async def list_send_as(self, login: str) -> list[str]:
+        """The addresses granted to ``login``, sorted."""
+        return await self._read(lambda c: [r[0] for r in c.execute(
+            "SELECT address FROM send_as WHERE login = ? ORDER BY address", (_norm(login),))])
 
 
 def _unlink(path: str) -> bool:
