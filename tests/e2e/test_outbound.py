@@ -110,3 +110,71 @@ def test_remote_5xx_bounces_to_the_local_sender(tmp_path, dns):
             assert all(not t.body for t in sink.transactions)
         finally:
             srv.stop()
+
+
+def _tls():
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+SEQUENCES = __import__("yaml").safe_load(
+    (__import__("support").CONFORMANCE / "smtp-security" / "smtp-smuggling-sequences.yaml")
+    .read_text())["sequences"]
+
+
+def test_submission_with_auth_reaches_a_loopback_mx_and_smuggling_bodies_leave_normalised(
+        tmp_path, dns):
+    """Issue 3 end to end: submit over 587 with AUTH → delivered to the remote MX; and every
+    smuggling sequence, put into the queue by the sendmail command (which takes bare-LF
+    text from Unix programs), leaves with CRLF only and no early terminator."""
+    import subprocess
+    import sys
+    port = free_port(["127.0.0.2"])
+    with ThreadedSink(host="127.0.0.2", port=port, name="mx.remote.test") as sink:
+        srv = MailServer(tmp_path, submission=True, extra_toml=(
+            f'[outbound]\nport = {port}\nnameservers = ["{dns.nameserver}"]\n'
+            "dns_timeout = 1\n"))
+        srv.cli("user", "add", "alice@example.test", "--password-stdin", input="s3cret-pw\n")
+        srv.start()
+        try:
+            with smtplib.SMTP(srv.host, srv.sub_port, timeout=10) as s:
+                s.starttls(context=_tls())
+                s.login("alice@example.test", "s3cret-pw")
+                s.sendmail("alice@example.test", ["bob@remote.test"],
+                           b"From: alice@example.test\r\nTo: bob@remote.test\r\n"
+                           b"Subject: submitted\r\n\r\nhello\r\n")
+            assert wait_for(lambda: any(t.body for t in sink.transactions))
+            [txn] = [t for t in sink.transactions if t.body]
+            assert b"Subject: submitted" in txn.body and b"with ESMTPSA" in txn.body
+            assert b"Message-ID: <" in txn.body and b"Date: " in txn.body    # RFC 6409 §8
+
+            for seq in SEQUENCES:
+                body = (f"From: alice@example.test\nTo: bob@remote.test\n"
+                        f"Subject: seq {seq['id']}\n\nbody").encode() + \
+                    seq["bytes"].encode("latin-1") + \
+                    b"MAIL FROM:<smuggled@x.test>\r\nRCPT TO:<bob@remote.test>\r\nDATA\r\n" \
+                    b"Subject: smuggled\r\n\r\nX\r\n.\r\n"
+                r = subprocess.run([sys.executable, "-m", "mailwright.cli.main", "-c",
+                                    str(srv.config), "sendmail", "-i", "-f",
+                                    "alice@example.test", "bob@remote.test"],
+                                   input=body, capture_output=True, timeout=60)
+                assert r.returncode == 0, r.stderr
+            assert wait_for(lambda: len([t for t in sink.transactions if t.body])
+                            == 1 + len(SEQUENCES), timeout=30)
+            for t in sink.transactions[1:]:
+                wire = t.wire
+                if not t.bdat:
+                    # the only CRLF.CRLF is the real terminator at the very end
+                    assert wire.find(b"\r\n.\r\n") == len(wire) - 5, wire[-80:]
+                    wire = wire[:-3]
+                stripped = wire.replace(b"\r\n", b"")
+                assert b"\r" not in stripped and b"\n" not in stripped, t.wire
+            # nothing was smuggled: every transaction carried exactly one message
+            assert all(len(t.rcpts) == 1 for t in sink.transactions)
+            assert sum(b"Subject: smuggled" in t.body.split(b"\r\n\r\n", 1)[0]
+                       for t in sink.transactions) == 0
+        finally:
+            srv.stop()
