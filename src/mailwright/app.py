@@ -82,7 +82,7 @@ def _open_store(settings: Settings):
     from .store import open_store
     paths = settings.paths
     return open_store(settings.store.backend, path=str(paths.store_db),
-                      blob_dir=str(paths.blob_dir))
+                      blob_dir=str(paths.blob_dir), sync_method=settings.store.sync_method)
 
 
 def primary_domain(settings: Settings) -> str:
@@ -210,6 +210,7 @@ class Worker:
         await store.close()
 
     def _queue_manager(self, store, directory_getter):
+        from .delivery.discard import DiscardAgent
         from .delivery.maildir import MaildirAgent
         from .delivery.smtp import build_smtp_agent
         from .queue.manager import QueueManager
@@ -218,6 +219,7 @@ class Worker:
         agents = {
             "maildir": MaildirAgent(str(s.paths.maildir_root), s.hostname, s.delivery.fsync,
                                     directory=store),
+            "discard": DiscardAgent(),
             # Local domains never leave over SMTP (the router never sends them there;
             # the agent refuses them as a second guard).
             "smtp": build_smtp_agent(s.outbound, hostname=s.hostname,
@@ -226,7 +228,7 @@ class Worker:
         }
         retry = RetrySchedule(first=s.queue.retry_first, factor=s.queue.retry_factor,
                               max_interval=s.queue.retry_max_interval, max_age=s.queue.max_age)
-        return QueueManager(store, Router(directory_getter), agents, retry,
+        return QueueManager(store, Router(directory_getter, s.delivery.discard_domains), agents, retry,
                             owner=f"{socket.gethostname()}:{os.getpid()}",
                             concurrency=s.queue.delivery_concurrency,
                             lease_seconds=s.queue.lease_seconds, hostname=s.hostname,

@@ -7,14 +7,17 @@ Mailwright server over loopback:
 
 * chasquid chamuyero ``*.cmy`` (``c -> text``, ``c ~> 'python expr'``, ``c <- CODE text``,
   ``c <~ regex``, ``c <... text``, ``c tcp_connect``/``tls_connect``/``close``) with optional
-  ``*.cmy.verify`` files holding the body expected in the mailbox;
+  ``*.cmy.verify`` files holding the body expected in the mailbox; chasquid's ports map to
+  Mailwright's listeners (1025 MX, 1587 "submission", ``tls_connect`` 1465 "submissions"
+  with implicit TLS);
 * OpenSMTPD ``smtpscript`` (``proc``/``test-case`` blocks, ``writeln``, ``expect smtp
   [ok|helo|tempfail|permfail]``, ``expect disconnect``, ``repeat``, ``call``, ``starttls``),
   with the lexing rules of OpenSMTPD's ``regress/bin/parse.y``: a newline inside a quoted
   string is dropped, a backslash only escapes the quote character (no C escapes), and each
   test-case runs on a fresh connection;
 * Apache James MPT ``*.test`` (``S: regex`` expects a reply line, ``C: text`` sends a line;
-  a ``\\r\\n`` escape inside ``C:`` sends the decoded segment as-is).
+  a ``\\r\\n`` escape inside ``C:`` sends the decoded segment as-is); a script runs against
+  the MX listener unless ``MPT_LISTENERS`` names another (a script that authenticates).
 
 How: reply CODES are compared, never texts: an exact code where the script names one, the
 class where it only says ok (2xx/3xx, as smtpscript defines it), permfail (5xx) or tempfail
@@ -177,8 +180,14 @@ def safe_eval(expr: str) -> str:
     return value
 
 
-# Ports of chasquid's test configuration (t-12-chasquid.conf).
+# Ports of chasquid's test configuration (t-12-chasquid.conf) -> Mailwright listener roles:
+# smtp_address ":1025" is the MX listener, submission_address ":1587" the STARTTLS
+# submission listener, submission_over_tls_address ":1465" the implicit-TLS one (RFC 8314).
 _CHASQUID_PORTS = {"1025": "smtp", "1587": "submission", "1465": "submissions"}
+
+#: Listener roles the runner can connect to. "submissions" is implicit TLS: the TLS
+#: handshake comes first, then the greeting (RFC 8314 §3.3).
+LISTENERS = ("smtp", "submission", "submissions")
 
 
 def parse_cmy(text: str, file: str, verify: bytes | None = None) -> Script:
@@ -192,17 +201,14 @@ def parse_cmy(text: str, file: str, verify: bytes | None = None) -> Script:
         if not m:
             raise ScriptError(f"{file}:{n}: cannot parse {line!r}")
         _client, op, arg = m.group(1), m.group(2), m.group(3) or ""
-        if op == "tcp_connect":
-            port = _CHASQUID_PORTS.get(arg.rsplit(":", 1)[-1], arg)
-            if port != "smtp" and skip is None:
-                skip = (f"connects to {arg} ({port}): Mailwright's submission listener "
-                        "is not built yet")
-            steps.append(Step("connect", n, port=port))
-        elif op == "tls_connect":
-            if skip is None:
-                skip = (f"tls_connect {arg}: implicit TLS submission (RFC 8314, chasquid's "
-                        "port 1465) is not built yet in Mailwright")
-            steps.append(Step("connect", n, port="submissions"))
+        if op in ("tcp_connect", "tls_connect"):
+            port = _CHASQUID_PORTS.get(arg.rsplit(":", 1)[-1])
+            # tcp_connect needs a plaintext listener, tls_connect the implicit-TLS one.
+            fits = port in ("smtp", "submission") if op == "tcp_connect" \
+                else port == "submissions"
+            if not fits and skip is None:
+                skip = f"{op} {arg}: no Mailwright listener matches that port of chasquid's"
+            steps.append(Step("connect", n, port=port if fits else arg))
         elif op == "close":
             steps.append(Step("close", n))
         elif op == "->":
@@ -520,7 +526,8 @@ def parse_mpt(text: str, file: str) -> Script:
         if not m:
             raise ScriptError(f"{file}:{n}: unsupported MPT line {line!r}")
         raw.append((m.group(1), n, m.group(2) or ""))
-    steps: list[Step] = [Step("connect", 1)]
+    steps: list[Step] = [Step("connect", 1, port=MPT_LISTENERS.get(file.rsplit("/", 1)[-1],
+                                                                   "smtp"))]
     group_start: tuple[int, str] | None = None
     for k, (kind, n, arg) in enumerate(raw):
         if kind == "C":
@@ -563,20 +570,16 @@ def load_all(root: Path) -> list[Script]:
                                         f"{OPENSMTPD}/{path.name}"))
     for path in sorted((root / JAMES).glob("*.test")):
         scripts.append(parse_mpt(path.read_text(encoding="utf-8"), f"{JAMES}/{path.name}"))
-    for script in scripts:
-        reason = NEEDS_SUBMISSION.get(script.basename)
-        if reason and script.skip is None:
-            script.skip = reason
     return scripts
 
 
-#: Scripts that need SMTP AUTH to succeed, which Mailwright offers only on submission
-#: listeners (RFC 6409), not built yet. Scripts using chasquid's submission ports are
-#: skipped by the parser with the port named.
-NEEDS_SUBMISSION: dict[str, str] = {
-    "starttls_session_fixation.test": (
-        "needs a successful AUTH LOGIN before STARTTLS; Mailwright offers AUTH only on "
-        "submission listeners (not built yet), never on the MX port"),
+#: James MPT scripts that run against a listener other than the MX one. James' SMTP
+#: server offers AUTH on its plaintext port (the script's EHLO lists "AUTH LOGIN PLAIN"
+#: before STARTTLS); Mailwright offers AUTH only on submission listeners (RFC 6409), never
+#: on the MX port, so a script that authenticates runs against the STARTTLS submission
+#: listener (587), where AUTH needs TLS first (see POLICIES["auth-needs-tls"]).
+MPT_LISTENERS: dict[str, str] = {
+    "starttls_session_fixation.test": "submission",
 }
 
 
@@ -646,6 +649,32 @@ POLICIES: dict[str, str] = {
         "handshake, where James answers 451 and refuses TLS. The runner then checks our "
         "behaviour instead: no plaintext reply follows the 220, the TLS handshake succeeds, "
         "EHLO gets 250 and RCPT gets 503 (the injected MAIL FROM was not executed)."),
+    "unknown-mechanism-504": (
+        "AUTH with a SASL mechanism the server does not offer gets 504 5.5.4 (RFC 4954 §4: "
+        "an invalid or unsupported mechanism is rejected with a 504 reply, enhanced code "
+        "5.5.4). chasquid answers 534, which RFC 4954 §6 defines as \"authentication "
+        "mechanism is too weak\" (5.7.9): not the case for a mechanism that does not exist."),
+    "session-error-limit": (
+        "The error replies a session may collect are set by limits.max_errors (default 10; "
+        "4 in this test setup, OpenSMTPD's limit): the reply that reaches it is followed by "
+        "421 and the close (RFC 5321 §3.8; no RFC fixes a number). chasquid closes at the 3rd "
+        "error of any kind, so its third undecodable `AUTH PLAIN something` gets 421 where "
+        "Mailwright answers 501 5.5.2 (RFC 4954 §4: a response that cannot be base64-decoded "
+        "gets 501). Password guessing is bounded separately by "
+        "submission.max_auth_failures_per_ip / _per_account and the growing failure delay; "
+        "an undecodable response checks no password and is not counted there."),
+    "auth-needs-tls": (
+        "Mailwright never allows AUTH before TLS (submission.require_tls, default true; "
+        "RFC 8314 §3 and RFC 4954 §4: no password mechanisms without TLS): on the STARTTLS "
+        "submission listener EHLO does not list AUTH before STARTTLS, and AUTH gets 530 5.7.0 "
+        "\"Must issue a STARTTLS command first\" (RFC 3207 §4). James' script authenticates "
+        "in plaintext (`334` to AUTH LOGIN). The runner then checks our behaviour instead, "
+        "with the script's own commands: MAIL before TLS gets 530; STARTTLS 220 and the TLS "
+        "handshake; EHLO 250; AUTH LOGIN with the script's credentials 334, 334, 235; the "
+        "script's MAIL and RCPT 250; the script's final STARTTLS 503 5.5.1 (TLS already "
+        "active; James answers 501 to a STARTTLS after AUTH). Nothing said before TLS "
+        "survives it (RFC 3207 §4.2), so no plaintext authentication can be carried into "
+        "the TLS session."),
 }
 
 #: (file relative to smtp-dialogues/, line of the expectation) -> Override
@@ -659,6 +688,9 @@ def _ov(file: str, line: int, theirs: str, ours: int, policy: str, command: str,
 
 _C, _O, _J = CHASQUID + "/", OPENSMTPD + "/", JAMES + "/"
 _ov(_C + "auth_not_tls.cmy", 8, "503", 502, "auth-mx", "AUTH PLAIN")
+_ov(_C + "auth_multi_dialog.cmy", 9, "534", 504, "unknown-mechanism-504", "AUTH SOMETHINGELSE")
+_ov(_C + "auth_too_many_failures.cmy", 13, "421", 501, "session-error-limit",
+    "AUTH PLAIN something (3rd undecodable AUTH)")
 _ov(_C + "bad_data.cmy", 35, "554", 250, "content-not-judged", ". (header block with a bad line)")
 _ov(_C + "bad_data_dot.cmy", 28, "521", 554, "bare-lf-data", "'.\\n' ... 'xxx\\r\\n.\\r\\n'")
 _ov(_C + "bad_data_dot_2.cmy", 28, "521", 554, "bare-lf-data", "'xxx\\n.\\n' ... '\\r\\n.\\r\\n'")
@@ -694,6 +726,28 @@ _ov(_J + "starttls_with_injection.test", 14, "451", 220, "starttls-injection",
               Step("expect", 14, expect=exact(250)),
               Step("send", 14, data=b"RCPT TO:<bob@mydomain.tld>\r\n"),
               Step("expect", 14, expect=exact(503))))
+_FIX = b"mail from:<bob@mydomain.tld>\r\n"
+_ov(_J + "starttls_session_fixation.test", 12, "334", 530, "auth-needs-tls",
+    "AUTH LOGIN (before STARTTLS, port 587)",
+    followup=(Step("send", 19, data=_FIX),
+              Step("expect", 21, expect=exact(530)),
+              Step("send", 24, data=b"starttls\r\n"),
+              Step("expect", 25, expect=exact(220)),
+              Step("starttls", 25),
+              Step("send", 3, data=b"ehlo yopmail.com\r\n"),
+              Step("expect", 4, expect=exact(250)),
+              Step("send", 11, data=b"AUTH LOGIN\r\n"),
+              Step("expect", 12, expect=exact(334)),
+              Step("send", 13, data=b"Ym9iQG15ZG9tYWluLnRsZA==\r\n"),
+              Step("expect", 14, expect=exact(334)),
+              Step("send", 15, data=b"c2VjcmV0\r\n"),
+              Step("expect", 16, expect=exact(235)),
+              Step("send", 19, data=_FIX),
+              Step("send", 20, data=b"rcpt to:<matthieu@yopmail.com>\r\n"),
+              Step("expect", 21, expect=exact(250)),
+              Step("expect", 22, expect=exact(250)),
+              Step("send", 24, data=b"starttls\r\n"),
+              Step("expect", 25, expect=exact(503))))
 
 
 def _codes(ours: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -718,14 +772,24 @@ class Disconnected(Exception):
     pass
 
 
+def _tls_context() -> ssl.SSLContext:
+    """The test server's certificate is self-signed: encrypt, do not verify."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class _Conn:
     """A small SMTP client connection (the runner's own: it needs EOF detection and raw
     line reads that RawClient's asserting starttls() does not give)."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, implicit_tls: bool = False) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.timeout = timeout
+        if implicit_tls:                  # RFC 8314 §3.3: TLS first, then the greeting
+            self.sock = _tls_context().wrap_socket(self.sock, server_hostname="localhost")
 
     def send(self, data: bytes) -> None:
         try:
@@ -776,12 +840,9 @@ class _Conn:
             self.sock.settimeout(self.timeout)
 
     def starttls(self) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         if self.buf:
             raise AssertionError(f"server sent plaintext after its 220 to STARTTLS: {self.buf!r}")
-        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+        self.sock = _tls_context().wrap_socket(self.sock, server_hostname="localhost")
 
     def close(self) -> None:
         try:
@@ -803,11 +864,15 @@ class Outcome:
         return not self.mismatches
 
 
-def run_script(script: Script, host: str, port: int, *, timeout: float = 15.0,
+def run_script(script: Script, host: str, port: int | dict[str, int], *,
+               timeout: float = 15.0,
                overrides: dict[tuple[str, int], Override] | None = None) -> Outcome:
-    """Replay ``script`` against host:port. Never raises for a protocol difference: every
-    difference is an entry of ``Outcome.mismatches``."""
+    """Replay ``script`` against ``host``. ``port`` is the MX listener's port, or a dict
+    from listener role (``LISTENERS``: "smtp", "submission", "submissions") to port; a
+    connect step to a role with no port fails the script. Never raises for a protocol
+    difference: every difference is an entry of ``Outcome.mismatches``."""
     overrides = OVERRIDES if overrides is None else overrides
+    ports = dict(port) if isinstance(port, dict) else {"smtp": port}
     out = Outcome(script)
     conn: _Conn | None = None
     last_sent = b""
@@ -827,10 +892,11 @@ def run_script(script: Script, host: str, port: int, *, timeout: float = 15.0,
             if step.kind == "connect":
                 if conn is not None:
                     conn.close()
-                if step.port != "smtp":
+                if ports.get(step.port) is None:
                     raise AssertionError(f"{where}: no listener for {step.port}")
-                conn = _Conn(host, port, timeout)
-                log(f"-- connect ({where})")
+                conn = _Conn(host, ports[step.port], timeout,
+                             implicit_tls=step.port == "submissions")
+                log(f"-- connect {step.port} ({where})")
             elif step.kind == "close":
                 if conn is not None:
                     conn.close()

@@ -302,6 +302,10 @@ class DeliverySettings:
                                  "(<root>/<domain>/<user>/); relative to data_dir.")
     fsync: bool = _key(True, conv=_bool,
                        doc="fsync delivered files and directories before reporting success.")
+    discard_domains: tuple[str, ...] = _key(
+        (), conv=_domain_list,
+        doc="Local domains whose accepted mail is discarded instead of delivered "
+            "(Postfix's discard transport): sinks and load tests.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +315,9 @@ class StoreSettings:
                      doc="SQLite database file; relative to data_dir.")
     blob_dir: str = _key("queue", conv=_nonempty_str,
                          doc="Directory holding queued message bodies; relative to data_dir.")
+    sync_method: str = _key("fsync", conv=_choice("fsync", "syncfs"),
+                            doc="How a batch of bodies is made durable: 'fsync' each file, or "
+                                "one 'syncfs' of the spool's file system per batch.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Protocol, Sequence
 
+from ..fsutil import rename_noreplace
 from ..message.trace import local_delivery_headers
 from ..queue.model import DeliveryResult, QueuedMessage
 from ..store.base import Mailbox
@@ -241,16 +242,11 @@ class MaildirAgent:
         try:
             self._write_tmp(tmp_path, headers, body_path, size)
             try:
-                os.link(tmp_path, os.path.join(new_dir, final_name))
+                # Into new/ without ever replacing a file: renameat2(RENAME_NOREPLACE),
+                # or link + unlink where that is missing (the Maildir way).
+                rename_noreplace(tmp_path, os.path.join(new_dir, final_name))
             except FileExistsError:
                 pass  # a concurrent attempt of the same recipient won: same content
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
-                                     errno.EMLINK, errno.EXDEV):
-                    raise
-                # Filesystems without hard links: rename (overwriting a same-named file
-                # is harmless, the name is deterministic and the content identical).
-                os.rename(tmp_path, os.path.join(new_dir, final_name))
         finally:
             try:
                 os.unlink(tmp_path)

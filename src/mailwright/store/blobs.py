@@ -20,15 +20,16 @@ How (Postfix ``mail_stream.c`` fsyncs the queue file before "queued as"; chasqui
 2. ``seal()`` (called by ``commit_message`` on the loop thread) hands the writer over to
    the committer; from then on ``abort()`` is a no-op. The committer calls
    ``materialize()`` (create the file if needed, write what is buffered).
-3. The group committer calls ``sync_and_close()`` (fsync of data and inode), then
-   ``publish()`` which ``link(2)``s the file to its final name (``link`` fails with EEXIST
-   instead of overwriting, so an id clash can never replace another body) and unlinks
-   the temp name, then ``fsync_dir()`` once for every directory touched by the batch.
-   Only after that is the database row committed.
+3. The group committer calls ``publish()``: a body still in memory is created under its
+   final name directly (``O_EXCL``); a streamed one is renamed there from ``tmp/`` with
+   ``renameat2(RENAME_NOREPLACE)`` (so an id clash can never replace another body). Then
+   the batch is made durable: one ``syncfs()`` (``sync_method = "syncfs"``), or
+   ``sync_and_close()`` (fsync of data and inode) for every body plus ``fsync_dir()`` for
+   every directory touched. Only after that is the database row committed.
 
-Invariants: a final name exists only for a body whose bytes were fsync'd; a final name
-without a committed message row is garbage from a crash between publish and DB commit
-(``recover`` removes it); everything under ``tmp/`` is garbage after a crash.
+Invariants: the database row of a body is committed only after the body and its name are
+durable; a final name without a committed message row is garbage from a crash before the
+DB commit (``recover`` removes it); everything under ``tmp/`` is garbage after a crash.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import os
 import secrets
 import sys
 
+from ..fsutil import rename_noreplace
 from . import queueid
 from .base import StoreError
 
@@ -133,11 +135,22 @@ class FileBlobWriter:
         self._state = _SEALED
 
     # --- committer side (writer thread)
-    def materialize(self) -> None:
-        """Create the file if the body was small enough to stay in memory, and write
-        the buffered bytes. Raises OSError."""
+    @property
+    def in_memory(self) -> bool:
+        """No file exists yet: the whole body is in the buffer."""
+        return self._fd < 0
+
+    def materialize(self, path: str | None = None) -> None:
+        """Create the file if the body was small enough to stay in memory (at ``path``,
+        its final name, when given: O_EXCL, so an existing body is never replaced), and
+        write the buffered bytes. Raises OSError (FileExistsError for a taken name)."""
         if self._fd < 0:
-            self._open()
+            if path is None:
+                self._open()
+            else:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                   0o600)
+                self.tmp_path = ""
         if self._buf:
             view = memoryview(self._buf)
             try:
@@ -175,7 +188,8 @@ class FileBlobWriter:
     def discard(self) -> None:
         """Remove whatever exists of this blob (temp and/or final name). Never raises."""
         self._close_fd()
-        _unlink_quiet(self.tmp_path)
+        if self.tmp_path:
+            _unlink_quiet(self.tmp_path)
         if self.final_path is not None:
             _unlink_quiet(self.final_path)
         self._state = _ABORTED
@@ -252,20 +266,13 @@ class BlobDir:
             os.makedirs(d, mode=0o700, exist_ok=True)
             self._known_dirs.add(d)
             dirs = (d, self.root)
-        try:
-            os.link(writer.tmp_path, final)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            # a file system without hard links: check, then rename (not clash-proof
-            # against another process in the same µs, but ids make that ~impossible)
-            if os.path.exists(final):
-                raise FileExistsError(errno.EEXIST, "exists", final) from None
-            os.rename(writer.tmp_path, final)
+        if writer.in_memory:
+            # Created under its final name directly: no temp name to link and unlink.
+            # Until the row commits it is an orphan that recover() removes after a crash.
+            writer.materialize(final)
         else:
-            os.unlink(writer.tmp_path)
+            writer.materialize()
+            rename_noreplace(writer.tmp_path, final)
         writer.final_path = final
         writer.queue_id = queue_id
         return dirs

@@ -369,15 +369,15 @@ class SQLiteStore:
         return await fut
 
     def _commit_batch(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
-        """Writer thread: make a batch of bodies durable, then their rows (one txn)."""
-        for item in items:      # create and fill the files of bodies kept in memory
-            try:
-                item.payload[1].materialize()
-            except OSError as exc:
-                item.error = StoreError(f"cannot write message body: {exc.strerror}")
+        """Writer thread: make a batch of bodies durable, then their rows (one txn).
+
+        1. every body gets its final name (a small body still in memory is created there
+           directly; a streamed one is renamed from tmp/);
+        2. one ``syncfs`` for the batch, or an fsync of every body and of every touched
+           directory (``sync_method``);
+        3. all envelopes and recipients in one transaction (below)."""
+        touched = self._publish(items)
         if self._syncfs and len(items) > 1:
-            # name every body, then one syncfs(2) makes bodies and names durable
-            self._publish(items)
             try:
                 self.blobs.syncfs()
             except OSError as exc:
@@ -387,22 +387,21 @@ class SQLiteStore:
             for item in items:
                 item.payload[1].close_synced()
         else:
-            # 1. make every body durable: start writeback of all, then fsync each
             def sync(item: Pending) -> None:
                 try:
                     item.payload[1].sync_and_close()
                 except OSError as exc:
                     item.error = StoreError(f"cannot sync message body: {exc.strerror}")
-            for item in items:
+            live = [item for item in items if item.error is None]
+            for item in live:
                 item.payload[1].start_writeback()
-            if self._fsync_pool is not None and len(items) > 1:
-                for _ in self._fsync_pool.map(sync, items):
+            if self._fsync_pool is not None and len(live) > 1:
+                for _ in self._fsync_pool.map(sync, live):
                     pass
             else:
-                for item in items:
+                for item in live:
                     sync(item)
-            # 2. give each body its final name; 3. one fsync per touched directory
-            for d, its in self._publish(items).items():
+            for d, its in touched.items():
                 try:
                     self.blobs.fsync_dir(d)
                 except OSError as exc:
@@ -434,7 +433,7 @@ class SQLiteStore:
                 blob.discard()
 
     def _publish(self, items: list[Pending]) -> dict[str, list[Pending]]:
-        """Link each body that is still fine to its final name; returns the touched
+        """Give each body that is still fine its final name; returns the touched
         directories and their items."""
         touched: dict[str, list[Pending]] = {}
         for item in items:
