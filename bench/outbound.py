@@ -451,8 +451,10 @@ class Profiler:
             # waiting in a system call (fsync, epoll), so each thread's samples add up
             # to the wall time and show what it waits on.
             [str(self.pyspy), "record", "--pid", str(pid), "--format", "raw", "--rate",
-             str(self.rate), "--nonblocking", "--threads", "--idle", "--output",
-             str(self.out)] + (["--native"] if self.native else []),
+             str(self.rate), "--threads", "--idle", "--output", str(self.out)]
+            # --native needs to stop the process for each sample; otherwise sample
+            # without pausing it.
+            + (["--native"] if self.native else ["--nonblocking"]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(self) -> str:
@@ -592,7 +594,9 @@ def measure(server, sink: Sink, messages: int, size: int, timeout: float,
     if got < messages and not errors:
         errors.append(f"timed out after {timeout:.0f} s: {got} of {messages} at the sink")
     if profiler is not None:
-        profiler.stop()
+        said = profiler.stop()
+        if not profiler.out.exists():
+            log(f"py-spy wrote no profile: {said.strip()[-800:]}")
     # A short look for extra (duplicate) deliveries and for the server's own view.
     time.sleep(1.0)
     sampler.stop()

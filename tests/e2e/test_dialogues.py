@@ -80,13 +80,6 @@ def _ports(server: MailServer) -> dict[str, int]:
 #: Differences that look like Mailwright bugs, not policy: reported, not overridden.
 #: strict: once fixed, the XPASS fails and the entry must go.
 SUSPECTED_BUGS: dict[str, tuple[set[int], str]] = {
-    "auth_multi_dialog.cmy": ({14}, (
-        "the SASL response 'dXNlckB0ZXN0c2VydmVyAHlalala==' (30 characters: a complete "
-        "28-character quantum plus excess '==') is not valid base64 (RFC 4648 §4), so "
-        "RFC 4954 §4 requires 501; smtp/server.py _decode_base64 uses "
-        "base64.b64decode(validate=True), which accepts excess trailing padding on "
-        "Python 3.11, decodes it, and the malformed PLAIN message then gets 535 and counts "
-        "as a failed authentication")),
 }
 
 

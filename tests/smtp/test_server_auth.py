@@ -229,3 +229,16 @@ def test_driver_refusals(code):
     p.send(f"EHLO x\r\nAUTH PLAIN {PLAIN_OK}\r\nNOOP\r\n".encode())
     assert p.replies()[-1 if code == 421 else -2].startswith(str(code))
     assert p.conn.closed == (code == 421)
+
+
+@pytest.mark.parametrize("bad", ["AAAA=", "AAAA==", "AAAA====", "AA=A", "AAA", "A===",
+                                 "dXNlckB0ZXN0c2VydmVyAHlalala=="])
+def test_non_canonical_base64_is_a_syntax_error(bad):
+    from mailwright.smtp.server import _decode_base64
+    assert _decode_base64(bad) is None
+
+
+def test_canonical_base64_decodes():
+    from mailwright.smtp.server import _decode_base64
+    assert _decode_base64("AGFsaWNlAHB3") == b"\0alice\0pw"
+    assert _decode_base64("QQ==") == b"A"

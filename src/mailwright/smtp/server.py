@@ -824,7 +824,14 @@ def _decode_base64(text: str) -> bytes | None:
     """Strict base64 (RFC 4648 §4, padding required), or None."""
     if not text:
         return b""
+    if len(text) % 4:
+        return None
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        data = base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, binascii.Error):
         return None
+    # b64decode(validate=True) still accepts surplus padding after a complete quantum
+    # ("AAAA==" decodes); only the canonical encoding of the result is valid.
+    if base64.b64encode(data).decode("ascii") != text:
+        return None
+    return data
