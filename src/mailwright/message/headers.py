@@ -33,7 +33,7 @@ from __future__ import annotations
 import email.utils
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -52,12 +52,33 @@ class HeaderInfo:
     received: int = 0
     has_date: bool = False
     has_message_id: bool = False
-    from_addresses: list[str] = field(default_factory=list)
     complete: bool = True           # False: the bound cut the section short
+    header: bytes = b""
+    _from: list[str] | None = None
+
+    @property
+    def from_addresses(self) -> list[str]:
+        """The addr-specs of every From: field; parsed on first use only (submission
+        needs them, the MX role does not, and the email parser is the costly part)."""
+        if self._from is None:
+            self._from = _from_addresses(self.header)
+        return self._from
+
+
+def _from_addresses(header: bytes) -> list[str]:
+    try:
+        msg = BytesHeaderParser(policy=compat32).parsebytes(header)
+        values = [str(v) for v in msg.get_all("From", [])]
+    except Exception:  # noqa: BLE001 - the parser is lenient; be safe anyway
+        values = []
+    out = [addr for _, addr in email.utils.getaddresses(values) if addr]
+    if values and not out:
+        out.append("")      # a From field without a usable address
+    return out
 
 
 def analyse(header: bytes, complete: bool = True) -> HeaderInfo:
-    info = HeaderInfo(complete=complete)
+    info = HeaderInfo(complete=complete, header=header)
     for line in header.split(b"\n"):
         name = line.split(b":", 1)[0].strip().lower() if b":" in line[:80] else b""
         if not line or line[:1] in (b" ", b"\t"):
@@ -68,16 +89,6 @@ def analyse(header: bytes, complete: bool = True) -> HeaderInfo:
             info.has_date = True
         elif name == b"message-id":
             info.has_message_id = True
-    try:
-        msg = BytesHeaderParser(policy=compat32).parsebytes(header)
-        values = [str(v) for v in msg.get_all("From", [])]
-    except Exception:  # noqa: BLE001 - the parser is lenient; be safe anyway
-        values = []
-    for _, addr in email.utils.getaddresses(values):
-        if addr:
-            info.from_addresses.append(addr)
-    if values and not info.from_addresses:
-        info.from_addresses.append("")      # a From field without a usable address
     return info
 
 

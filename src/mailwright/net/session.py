@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailwright.smtpd")
 
 _session_counter = 0
+_MAX_HELD = 256 * 1024      # pipelined bytes buffered during a commit before pausing reads
 
 
 def _new_session_id() -> str:
@@ -86,6 +87,8 @@ class SmtpSession(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._registered = False
         self._closing = False
+        self._held = 0          # bytes received while a step was in progress
+        self._paused = False
         self._sasl = None                    # the SASL exchange in progress
         self._grants: tuple[str, ...] = ()   # send-as grants of the authenticated user
         self._capture: HeaderCapture | None = None
@@ -123,6 +126,13 @@ class SmtpSession(asyncio.Protocol):
         conn.receive_data(data, self.loop.time())
         if not self._busy:
             self._pump()
+        else:
+            # Pipelined input waits in the core while a step is in progress; reading is
+            # paused only if a client keeps sending that much (no unbounded buffering).
+            self._held += len(data)
+            if self._held > _MAX_HELD and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if self.conn is not None:
@@ -214,7 +224,7 @@ class SmtpSession(asyncio.Protocol):
             self._reset_transaction()
         elif t is ev.StartTLS:
             self._flush()
-            self._start(self._starttls())
+            self._start(self._starttls(), pause=True)
             return True
         elif t is ev.CloseConnection:
             self._flush()
@@ -223,9 +233,13 @@ class SmtpSession(asyncio.Protocol):
                 self.transport.close()
         return False
 
-    def _start(self, coro) -> None:
+    def _start(self, coro, pause: bool = False) -> None:
+        """Run an asynchronous step; the core is not pumped until it is done. ``pause``
+        stops reading at once (STARTTLS: no byte may be read before the handshake)."""
         self._busy = True
-        if self.transport is not None:
+        self._held = 0
+        if pause and self.transport is not None:
+            self._paused = True
             self.transport.pause_reading()
         self._task = self.loop.create_task(coro)
         self._task.add_done_callback(self._resume)
@@ -242,7 +256,9 @@ class SmtpSession(asyncio.Protocol):
                 self.conn.respond(catalog.TEMP_LOCAL_ERROR)
         if self._closing or self.transport is None or self.transport.is_closing():
             return
-        self.transport.resume_reading()
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
         self._pump()
 
     # ------------------------------------------------------------ steps
