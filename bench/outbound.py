@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intake  # noqa: E402  (the sibling benchmark; its helpers are reused as they are)
 from intake import (  # noqa: E402
-    BenchError, MailwrightServer, PostfixServer, Sampler, _read, fs_type, interpreter_of,
+    BenchError, MailwrightServer, PostfixServer, Sampler, _read, fs_type,
     loadavg, log, machine_info, port_free, python_version_of, run, wait_for_banner,
 )
 

@@ -148,21 +148,52 @@ class QueueManager:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver until ``stop()``. Never raises for delivery or store errors."""
+        """Deliver until ``stop()``. Never raises for delivery or store errors.
+
+        Deliveries are a pipeline, not waves: up to ``batch`` messages are in flight, and
+        when they fall to half of that the next due ones are claimed, so connections and
+        agents never sit idle waiting for the slowest message of a wave."""
         self._stopping = False
+        in_flight: set[asyncio.Task] = set()
+        low_water = max(1, self.batch // 2)
+
+        def finished(task: asyncio.Task) -> None:
+            in_flight.discard(task)
+            if len(in_flight) <= low_water:
+                self._wake.set()
+
         while not self._stopping:
             self._wake.clear()  # wakes during the pass below trigger another pass
+            free = self.batch - len(in_flight)
+            claimed = 0
+            if free >= self.batch - low_water:
+                try:
+                    messages = await self.store.claim_due(self.clock(), free, self.owner,
+                                                          self.lease_seconds)
+                except Exception:
+                    log.exception("claiming due messages failed; retrying in %.1fs",
+                                  self.error_backoff)
+                    await self._sleep(self.error_backoff)
+                    continue
+                for message in messages:
+                    task = asyncio.get_running_loop().create_task(self._process(message))
+                    in_flight.add(task)
+                    task.add_done_callback(finished)
+                claimed = len(messages)
             try:
-                claimed = await self.run_once()
-            except Exception:
-                log.exception("queue pass failed; retrying in %.1fs", self.error_backoff)
-                await self._sleep(self.error_backoff)
-                continue
+                await self.send_dsns()
+            except Exception:  # flags stay set: the next pass tries again
+                log.exception("DSN step failed")
             if self._stopping:
                 break
-            if claimed >= self.batch:
-                continue  # probably more due work: no sleep
-            await self._sleep(await self._idle_timeout(claimed))
+            if claimed and claimed >= free:
+                continue  # probably more due work
+            if in_flight:
+                await self._sleep(self.idle_interval)   # a finishing delivery wakes us
+            else:
+                await self._sleep(await self._idle_timeout(claimed))
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _idle_timeout(self, claimed: int) -> float:
         try:

@@ -36,6 +36,7 @@ log = logging.getLogger("mailwright.store")
 
 _COMMIT = 0
 _JOB = 1
+_TXN = 2
 
 
 class Pending:
@@ -69,10 +70,12 @@ class GroupCommitter:
     def __init__(self, name: str, connect: Callable[[], Any],
                  commit_batch: Callable[[Any, list[Pending]], None],
                  close: Callable[[Any], None] = lambda conn: conn.close(),
-                 max_batch: int = 1000) -> None:
+                 max_batch: int = 1000,
+                 run_txns: Callable[[Any, list[Pending]], None] | None = None) -> None:
         self._name = name
         self._connect = connect
         self._commit_batch = commit_batch
+        self._run_txns = run_txns
         self._close = close
         self._max_batch = max_batch
         self._cond = threading.Condition()
@@ -115,6 +118,12 @@ class GroupCommitter:
                    ) -> asyncio.Future:
         return self._submit(_JOB, fn, loop)
 
+    def submit_txn(self, fn: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """A database job the backend's ``run_txns`` may batch with other pending ones
+        into one transaction (each isolated by a savepoint): one commit, one WAL fsync,
+        for all the queue results recorded meanwhile."""
+        return self._submit(_TXN if self._run_txns is not None else _JOB, fn, loop)
+
     def _submit(self, kind: int, payload: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         fut = loop.create_future()
         with self._cond:
@@ -145,6 +154,16 @@ class GroupCommitter:
                 commits = [p for p in batch if p.kind == _COMMIT]
                 if commits:
                     self._run_commits(conn, commits)
+                txns = [p for p in batch if p.kind == _TXN]
+                if txns:
+                    try:
+                        self._run_txns(conn, txns)
+                    except BaseException as exc:  # a backend bug: fail what it did not settle
+                        log.exception("batched transaction failed")
+                        for p in txns:
+                            if p.error is None and p.result is None:
+                                p.error = StoreError(f"transaction failed: {exc}")
+                    self._settle_batch(txns)
                 for p in batch:
                     if p.kind == _JOB:
                         try:
@@ -168,6 +187,10 @@ class GroupCommitter:
                     p.error = StoreError(f"commit failed: {exc}")
         self.batches += 1
         self.committed_items += sum(1 for p in items if p.error is None)
+        self._settle_batch(items)
+
+    @staticmethod
+    def _settle_batch(items: list[Pending]) -> None:
         # One wake-up per event loop for the whole batch, not one per item: each
         # call_soon_threadsafe costs the loop a self-pipe write and a GIL hand-off.
         by_loop: dict[asyncio.AbstractEventLoop, list[Pending]] = {}

@@ -198,20 +198,43 @@ class SQLiteStore:
         if self._writer is None:
             raise StoreError("store is not open")
 
-        def job(conn: sqlite3.Connection) -> Any:
-            remove: list[str] = []
+        return await self._writer.submit_txn(fn, asyncio.get_running_loop())
 
-            def body(c: sqlite3.Connection) -> Any:
-                remove.clear()
-                return fn(c, remove)
+    def _run_txns(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
+        """Writer thread: every pending ``_write`` job in ONE transaction, each inside its
+        own savepoint (a job that raises is rolled back alone and gets the exception);
+        then, after the commit, the blob unlinks the successful jobs asked for."""
+        removes: list[list[str]] = [[] for _ in items]
+
+        def attempt() -> None:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                result = self._transact(conn, body)
-            except sqlite3.Error as exc:
-                raise StoreError(f"database error: {exc}") from exc
-            for rel in remove:
-                self.blobs.remove(rel)
-            return result
-        return await self._writer.submit_job(job, asyncio.get_running_loop())
+                for i, p in enumerate(items):
+                    removes[i] = []
+                    p.result, p.error = None, None
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        p.result = p.payload(conn, removes[i])
+                    except BaseException as exc:
+                        conn.execute("ROLLBACK TO job")
+                        p.error = (StoreError(f"database error: {exc}")
+                                   if isinstance(exc, sqlite3.Error) else exc)
+                    conn.execute("RELEASE job")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        try:
+            self._retry_busy(attempt)
+        except sqlite3.Error as exc:
+            for p in items:
+                p.result, p.error = None, StoreError(f"database error: {exc}")
+            return
+        for p, rels in zip(items, removes):
+            if p.error is None:
+                for rel in rels:
+                    self.blobs.remove(rel)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._reader is None or self._read_conn is None:
@@ -249,7 +272,8 @@ class SQLiteStore:
             self._read_conn = self._connect()
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="mailwright-store-read")
             writer = GroupCommitter("mailwright-store-writer", self._connect,
-                                    self._commit_batch, max_batch=self.max_batch)
+                                    self._commit_batch, max_batch=self.max_batch,
+                                    run_txns=self._run_txns)
             writer.start()
             self._writer = writer
         except BaseException:
