@@ -55,6 +55,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -130,11 +131,12 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str], *,
                  busy_timeout: float = 5.0, lock_retry_seconds: float = 30.0,
-                 sync_method: str = "fsync", fsync_threads: int = 8, max_batch: int = 1000,
+                 sync_method: str = "fsync", fsync_threads: int = 1, max_batch: int = 1000,
                  recover_grace_seconds: float = 3600.0) -> None:
         self.path = os.fspath(path)
         self.blobs = BlobDir(blob_dir)
         self.busy_timeout = busy_timeout
+        self._wlock_fd = -1
         self.lock_retry_seconds = lock_retry_seconds
         if sync_method not in ("fsync", "syncfs"):
             raise ValueError(f"sync_method must be fsync or syncfs, not {sync_method!r}")
@@ -190,7 +192,21 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        return self._retry_busy(attempt)
+        return self._exclusive(lambda: self._retry_busy(attempt))
+
+    def _exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run a write transaction holding ``<db>-write.lock`` (flock). Processes sharing
+        the database then queue in the kernel and are woken the moment the writer before
+        them commits, instead of polling SQLite's busy handler (which sleeps 1 to 100 ms
+        between tries: measured as most of the commit latency with two workers)."""
+        fd = self._wlock_fd
+        if fd < 0:
+            return fn()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return fn()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     async def _write(self, fn: Callable[[sqlite3.Connection, list[str]], Any]) -> Any:
         """Run ``fn(conn, remove)`` as one write transaction on the writer thread; after
@@ -226,7 +242,7 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
         try:
-            self._retry_busy(attempt)
+            self._exclusive(lambda: self._retry_busy(attempt))
         except sqlite3.Error as exc:
             for p in items:
                 p.result, p.error = None, StoreError(f"database error: {exc}")
@@ -260,6 +276,8 @@ class SQLiteStore:
         if self._writer is not None:
             return
         self.blobs.open()
+        self._wlock_fd = os.open(self.path + "-write.lock",
+                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             conn = self._connect()
             try:
@@ -296,6 +314,9 @@ class SQLiteStore:
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
+        if self._wlock_fd >= 0:
+            os.close(self._wlock_fd)
+            self._wlock_fd = -1
         self.blobs.close()
 
     async def recover(self) -> int:
