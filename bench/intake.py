@@ -521,9 +521,12 @@ class MailwrightServer(Server):
     key = "mailwright"
 
     def __init__(self, port: int, work: Path, acct_mode: str, *, exe: Path,
-                 workers: int, config_template: Path | None):
+                 workers: int, config_template: Path | None, delivery: str = "discard",
+                 sync_method: str = "fsync"):
         super().__init__(port, work, acct_mode)
         self.exe = exe
+        self.delivery = delivery            # same choice as Postfix's, for a fair comparison
+        self.sync_method = sync_method
         self.workers = workers
         self.template = config_template
         self.config = work / "mailwright.toml"
@@ -537,7 +540,9 @@ class MailwrightServer(Server):
     def configure(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         values = {"data_dir": str(self.data), "port": self.port,
-                  "workers": self.workers, "domain": DOMAIN, "work": str(self.work)}
+                  "workers": self.workers, "domain": DOMAIN, "work": str(self.work),
+                  "discard": f'["{DOMAIN}"]' if self.delivery == "discard" else "[]",
+                  "sync_method": self.sync_method}
         if self.template is not None:
             text = self.template.read_text().format(**values)
         else:
@@ -600,14 +605,25 @@ class MailwrightServer(Server):
                 found.append(Path(root) / "new")
         return found
 
+    _DISCARDED = re.compile(rb"rcpt=\d+ ok: 250 2\.0\.0 Discarded")
+
     def delivered(self) -> int | None:
+        if self.delivery == "discard":
+            # like Postfix's "status=sent" lines: one log line per discarded recipient
+            try:
+                return len(self._DISCARDED.findall((self.data / "mailwright.log").read_bytes()))
+            except OSError:
+                return 0
         # 0 before the first delivery creates the Maildir
         return sum(len(os.listdir(d)) for d in self._maildir_new_dirs())
 
     def describe(self) -> dict:
         return {"server": self.label, "interpreter": self.interpreter,
                 "durability": "store commit fsynced before 250 (always on)",
-                "delivery": "local Maildir (data_dir/mail), fsync on", "config": str(self.config),
+                "delivery": ("discarded after intake ([delivery] discard_domains)"
+                             if self.delivery == "discard"
+                             else "local Maildir (data_dir/mail), fsync on"),
+                "sync_method": self.sync_method, "config": str(self.config),
                 "workers": self.workers}
 
 
@@ -627,8 +643,12 @@ port = {port}
 role = "mx"
 tls = "none"
 
+[store]
+sync_method = "{sync_method}"
+
 [delivery]
 fsync = true          # full durability for delivery too (the default, stated)
+discard_domains = {discard}   # mirrors --postfix-delivery: discard after intake, or Maildir
 
 [log]
 level = "info"
@@ -883,7 +903,9 @@ def parse_args(argv=None):
     ap.add_argument("--postfix-port", type=int, default=2600)
     ap.add_argument("--mailwright-port", type=int, default=2700)
     ap.add_argument("--postfix-delivery", choices=("discard", "maildir"), default="discard",
-                    help="after intake, Postfix discards (default) or delivers to a Maildir")
+                    help="after intake, both servers discard (default) or deliver to a Maildir")
+    ap.add_argument("--mailwright-sync", choices=("fsync", "syncfs"), default="fsync",
+                    help="Mailwright's [store] sync_method (default fsync, its default)")
     ap.add_argument("--mailwright", type=Path, default=REPO / ".venv/bin/mailwright",
                     help="Mailwright console script (default .venv/bin/mailwright)")
     ap.add_argument("--mailwright-config", type=Path,
@@ -989,7 +1011,9 @@ def main(argv=None) -> int:
                     return MailwrightServer(args.mailwright_port, work / f"mailwright-{tag}",
                                             args.accounting, exe=args.mailwright,
                                             workers=args.workers,
-                                            config_template=args.mailwright_config)
+                                            config_template=args.mailwright_config,
+                                            delivery=args.postfix_delivery,
+                                            sync_method=args.mailwright_sync)
                 probe = make_mw("x")
                 probe.acct.close()
                 descriptions["mailwright"] = probe.describe()

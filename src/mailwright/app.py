@@ -82,7 +82,16 @@ def _open_store(settings: Settings):
     from .store import open_store
     paths = settings.paths
     return open_store(settings.store.backend, path=str(paths.store_db),
-                      blob_dir=str(paths.blob_dir), sync_method=settings.store.sync_method)
+                      blob_dir=str(paths.blob_dir), sync_method=sync_method(settings))
+
+
+def sync_method(settings: Settings) -> str:
+    """[store] sync_method with "auto" resolved: syncfs(2) where Linux has it."""
+    method = settings.store.sync_method
+    if method == "auto":
+        from .store.blobs import BlobDir
+        method = "syncfs" if BlobDir.syncfs_available() else "fsync"
+    return method
 
 
 def primary_domain(settings: Settings) -> str:

@@ -315,9 +315,10 @@ class StoreSettings:
                      doc="SQLite database file; relative to data_dir.")
     blob_dir: str = _key("queue", conv=_nonempty_str,
                          doc="Directory holding queued message bodies; relative to data_dir.")
-    sync_method: str = _key("fsync", conv=_choice("fsync", "syncfs"),
-                            doc="How a batch of bodies is made durable: 'fsync' each file, or "
-                                "one 'syncfs' of the spool's file system per batch.")
+    sync_method: str = _key("auto", conv=_choice("auto", "fsync", "syncfs"),
+                            doc="How a commit is made durable: 'fsync' each body, directory "
+                                "and the WAL, or one 'syncfs' of the file system per batch; "
+                                "'auto' = syncfs on Linux, else fsync.")
 
 
 @dataclass(frozen=True, slots=True)

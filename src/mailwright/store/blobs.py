@@ -39,6 +39,7 @@ import fcntl
 import os
 import secrets
 import sys
+import zlib
 
 from ..fsutil import rename_noreplace
 from . import queueid
@@ -60,7 +61,8 @@ _ABORTED = 3
 class FileBlobWriter:
     """A body being received into ``tmp/``. Satisfies ``base.BlobWriter``."""
 
-    __slots__ = ("owner", "tmp_path", "final_path", "queue_id", "_fd", "_buf", "_size", "_state")
+    __slots__ = ("owner", "tmp_path", "final_path", "queue_id", "_fd", "_buf", "_size", "_state",
+                 "crc")
 
     def __init__(self, owner: "BlobDir", tmp_path: str, fd: int = -1) -> None:
         self.owner = owner
@@ -71,6 +73,7 @@ class FileBlobWriter:
         self._buf = bytearray()
         self._size = 0
         self._state = _OPEN
+        self.crc = 0            # CRC-32 of the body, recorded with its row
 
     @property
     def size(self) -> int:
@@ -85,6 +88,7 @@ class FileBlobWriter:
             raise StoreError("write to a blob that was committed or aborted")
         self._buf += data
         self._size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
         if len(self._buf) >= BUFFER_SIZE:
             self._flush()
 
@@ -277,13 +281,30 @@ class BlobDir:
         writer.queue_id = queue_id
         return dirs
 
+    def checksum(self, relpath: str) -> tuple[int, int] | None:
+        """(size, CRC-32) of a stored body, or None if it cannot be read."""
+        crc, size = 0, 0
+        try:
+            with open(os.path.join(self.root, relpath), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+                    size += len(chunk)
+        except OSError:
+            return None
+        return size, crc
+
     def syncfs(self) -> None:
         """syncfs(2) on the blob directory's file system: one call makes every body,
         inode and directory entry written so far durable (one journal commit instead
         of one per file). Linux only; reports writeback errors since Linux 5.8."""
+        self.syncfs_fd(self._lock_fd)
+
+    @staticmethod
+    def syncfs_fd(fd: int) -> None:
+        """syncfs(2) of the file system holding the open file ``fd``."""
         if _libc is None or not hasattr(_libc, "syncfs"):
             raise OSError(errno.ENOSYS, "syncfs is not available")
-        if _libc.syncfs(self._lock_fd) != 0:
+        if _libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
 

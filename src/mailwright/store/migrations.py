@@ -149,6 +149,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX recipients_dsn ON recipients(queue_id) WHERE dsn_pending IS NOT NULL",
         "ALTER TABLE attempts ADD COLUMN remote_mta TEXT NOT NULL DEFAULT ''",
     ],
+    # 3 -> 4: CRC-32 of each body, so recovery can tell a body that did not reach the disk
+    # before a crash (sync_method "syncfs" commits the row before the single flush that
+    # makes body and row durable; no 250 was sent for such a message).
+    [
+        "ALTER TABLE messages ADD COLUMN body_crc INTEGER",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -137,6 +137,7 @@ class SQLiteStore:
         self.blobs = BlobDir(blob_dir)
         self.busy_timeout = busy_timeout
         self._wlock_fd = -1
+        self._db_fd = -1        # syncfs mode, database on another file system than bodies
         self.lock_retry_seconds = lock_retry_seconds
         if sync_method not in ("fsync", "syncfs"):
             raise ValueError(f"sync_method must be fsync or syncfs, not {sync_method!r}")
@@ -160,7 +161,11 @@ class SQLiteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
-            conn.execute("PRAGMA synchronous = FULL")
+            # fsync mode: every COMMIT fsyncs the WAL. syncfs mode: the commit only writes
+            # the WAL and ``_exclusive`` follows it with one syncfs(2), which makes the
+            # WAL, the bodies and their names durable in a single device flush.
+            conn.execute("PRAGMA synchronous = NORMAL" if self._syncfs
+                         else "PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             conn.close()
@@ -201,12 +206,22 @@ class SQLiteStore:
         between tries: measured as most of the commit latency with two workers)."""
         fd = self._wlock_fd
         if fd < 0:
-            return fn()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            return fn()
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            result = fn()
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                result = fn()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        if self._syncfs:
+            self._sync_filesystems()   # raises OSError: the caller's commit is not durable
+        return result
+
+    def _sync_filesystems(self) -> None:
+        """syncfs(2) of the spool's file system, and of the database's if it is another."""
+        self.blobs.syncfs()
+        if self._db_fd >= 0:
+            self.blobs.syncfs_fd(self._db_fd)
 
     async def _write(self, fn: Callable[[sqlite3.Connection, list[str]], Any]) -> Any:
         """Run ``fn(conn, remove)`` as one write transaction on the writer thread; after
@@ -278,6 +293,9 @@ class SQLiteStore:
         self.blobs.open()
         self._wlock_fd = os.open(self.path + "-write.lock",
                                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        db_dir = os.path.dirname(os.path.abspath(self.path))
+        if self._syncfs and os.stat(db_dir).st_dev != os.stat(self.blobs.root).st_dev:
+            self._db_fd = os.open(db_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             conn = self._connect()
             try:
@@ -317,6 +335,9 @@ class SQLiteStore:
         if self._wlock_fd >= 0:
             os.close(self._wlock_fd)
             self._wlock_fd = -1
+        if self._db_fd >= 0:
+            os.close(self._db_fd)
+            self._db_fd = -1
         self.blobs.close()
 
     async def recover(self) -> int:
@@ -347,6 +368,24 @@ class SQLiteStore:
         self.last_recovery = report
         return report.total
 
+    def _torn_bodies(self, c: sqlite3.Connection, files: Mapping[str, float],
+                     window: float = 120.0) -> list[str]:
+        """Queue ids of the newest messages whose body on disk does not match the size and
+        CRC-32 committed with them. Only a crash during the flush after a commit can cause
+        that (sync_method "syncfs"), before any 250 was sent, and only for the last rows
+        committed: those within ``window`` seconds of the newest are checked."""
+        newest = c.execute("SELECT MAX(created_at) FROM messages").fetchone()[0]
+        if newest is None:
+            return []
+        torn = []
+        for qid, rel, size, crc in c.execute(
+                "SELECT queue_id, blob, size, body_crc FROM messages"
+                " WHERE completed_at IS NULL AND body_crc IS NOT NULL AND created_at >= ?",
+                (newest - window,)):
+            if rel in files and self.blobs.checksum(rel) != (size, crc & 0xFFFFFFFF):
+                torn.append(qid)
+        return torn
+
     def _recover_sync(self, conn: sqlite3.Connection, exclusive: bool) -> RecoveryReport:
         now = time.time()
         cutoff = float("inf") if exclusive else now - self.recover_grace_seconds
@@ -362,6 +401,8 @@ class SQLiteStore:
                 "SELECT blob FROM messages WHERE completed_at IS NOT NULL")}
             files = dict(self.blobs.list_final())
             missing = [qid for rel, qid in active.items() if rel not in files]
+            if exclusive:
+                missing += self._torn_bodies(c, files)
             for i in range(0, len(missing), _CHUNK):
                 part = missing[i:i + _CHUNK]
                 c.execute(f"DELETE FROM messages WHERE queue_id IN ({','.join('?' * len(part))})",
@@ -382,7 +423,7 @@ class SQLiteStore:
         missing, leases, orphans = self._transact(conn, fn)
         removed = sum(1 for rel in orphans if self.blobs.remove(rel))
         if missing:
-            log.error("recover: %d queued message(s) had no body file; removed", missing)
+            log.error("recover: %d queued message(s) had no intact body (missing, or failing its size/CRC check after a crash during the flush, so never acknowledged); removed", missing)
         if tmp_removed or removed or leases:
             log.warning("recover: removed %d partial and %d orphan bodies, cleared %d leases",
                         tmp_removed, removed, leases)
@@ -422,13 +463,11 @@ class SQLiteStore:
            directory (``sync_method``);
         3. all envelopes and recipients in one transaction (below)."""
         touched = self._publish(items)
-        if self._syncfs and len(items) > 1:
-            try:
-                self.blobs.syncfs()
-            except OSError as exc:
-                for item in items:
-                    if item.error is None:
-                        item.error = StoreError(f"cannot sync queue: {exc.strerror}")
+        if self._syncfs:
+            # Bodies are only written here; the syncfs that follows the row commit (in
+            # _exclusive) makes bodies, names and rows durable together. A crash before it
+            # returns may keep a row whose body did not reach the disk: no 250 was sent
+            # for it, and recover() finds it by size and CRC-32.
             for item in items:
                 item.payload[1].close_synced()
         else:
@@ -458,6 +497,15 @@ class SQLiteStore:
             created = time.time()
             try:
                 self._transact(conn, lambda c: self._insert_messages(c, live, created))
+            except OSError as exc:
+                # The rows committed but the flush after them failed: nothing is known to
+                # be durable, so no 250. Rows stay (a retry by the client may duplicate,
+                # never lose); their bodies are removed below only if the rows are not
+                # there, which recover() sorts out.
+                log.error("flush after group commit failed: %s", exc)
+                for item in live:
+                    item.error = StoreError(f"cannot sync queue: {exc.strerror}")
+                    item.payload[1].final_path = None     # keep the body for its row
             except Exception as exc:
                 if len(live) == 1:
                     live[0].error = StoreError(f"cannot record message: {exc}")
@@ -511,12 +559,12 @@ class SQLiteStore:
             msgs.append((qid, env.sender, env.received_at, env.client_ip, env.client_port,
                          env.client_name, env.helo, env.protocol, env.tls, env.auth_user,
                          env.body_type, int(env.smtputf8), env.ret, env.envid, blob.size,
-                         env.listener, self.blobs.relpath(qid), created))
+                         env.listener, self.blobs.relpath(qid), created, blob.crc))
             for r in env.recipients:
                 rcpts.append((qid, r.address, _encode_notify(r.notify), r.orcpt,
                               env.received_at))
-        conn.executemany(f"INSERT INTO messages ({_MSG_COLS}) VALUES "
-                         f"({','.join('?' * 18)})", msgs)
+        conn.executemany(f"INSERT INTO messages ({_MSG_COLS}, body_crc) VALUES "
+                         f"({','.join('?' * 19)})", msgs)
         conn.executemany("INSERT INTO recipients (queue_id, address, notify, orcpt, state, "
                          "next_attempt_at) VALUES (?, ?, ?, ?, 'queued', ?)", rcpts)
         for item in items:
