@@ -1,11 +1,13 @@
 """The server process: wiring from settings to running listeners, workers and queue manager.
 
-Process model (``workers = N``): the primary process binds every listening socket, runs one
-intake event loop *and* the queue manager; N-1 intake workers are started as fresh
-interpreters (``python -m mailwright.app --worker``) that inherit the listening sockets and
-accept on them too (the kernel spreads connections). Workers commit to the same store and
-wake the primary's queue manager through a pipe after each commit. A worker that dies is
-restarted; workers exit when the primary goes away.
+Process model: the primary process binds every listening socket and runs the queue
+manager. With ``workers = 1`` it also accepts and serves the SMTP sessions itself (one
+process). With ``workers = N > 1`` it leaves intake to N workers started as fresh
+interpreters (``python -m mailwright.app --worker``) that inherit the listening sockets
+(the kernel spreads connections), so delivery never shares an event loop or a GIL with
+sessions waiting for their 250. Workers commit to the same store and wake the primary's
+queue manager through a pipe after each commit. A worker that dies is restarted; workers
+exit when the primary goes away.
 
 Local submission (``mailwright sendmail``) commits into the store directly and then pokes
 the primary through a unix datagram socket, ``data_dir/run/wake.sock`` (``WAKE_SOCKET``):
@@ -172,7 +174,10 @@ class Worker:
                               trusted_networks=settings.relay.trusted_networks,
                               on_commit=self._on_commit(manager),
                               submission=settings.submission)
-        await intake.start(self.sockets)
+        # With intake workers, the primary only delivers (its intake object still keeps the
+        # directory snapshot fresh for routing).
+        accepting = not self.primary or settings.effective_workers <= 1
+        await intake.start(self.sockets if accepting else [])
         tasks = []
         wake_sock = None
         if manager is not None:
@@ -187,7 +192,9 @@ class Worker:
             tasks.append(loop.create_task(self._watch_parent()))
         log.info("%s ready: %s", "server" if self.primary else "worker",
                  ", ".join(f"{s.name}={s.address}:{sock.getsockname()[1]}/{s.tls}"
-                           for s, sock in self.sockets))
+                           for s, sock in self.sockets)
+                 + ("" if accepting else
+                    f" (served by {settings.effective_workers} intake workers)"))
         await self.stopping.wait()
         log.info("shutting down")
         if wake_sock is not None:
@@ -291,8 +298,9 @@ class Worker:
 
     async def _supervise_workers(self) -> None:
         n = self.settings.effective_workers
+        slots = range(n) if n > 1 else range(0)
         while not self.stopping.is_set():
-            for slot in range(1, n):
+            for slot in slots:
                 child = self.children.get(slot)
                 if child is None or child.poll() is not None:
                     if child is not None:

@@ -199,7 +199,7 @@ class SQLiteStore:
                 raise
         return self._exclusive(lambda: self._retry_busy(attempt))
 
-    def _exclusive(self, fn: Callable[[], Any]) -> Any:
+    def _exclusive(self, fn: Callable[[], Any], sync: bool = True) -> Any:
         """Run a write transaction holding ``<db>-write.lock`` (flock). Processes sharing
         the database then queue in the kernel and are woken the moment the writer before
         them commits, instead of polling SQLite's busy handler (which sleeps 1 to 100 ms
@@ -213,7 +213,7 @@ class SQLiteStore:
                 result = fn()
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-        if self._syncfs:
+        if self._syncfs and sync:
             self._sync_filesystems()   # raises OSError: the caller's commit is not durable
         return result
 
@@ -223,13 +223,14 @@ class SQLiteStore:
         if self._db_fd >= 0:
             self.blobs.syncfs_fd(self._db_fd)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection, list[str]], Any]) -> Any:
+    async def _write(self, fn: Callable[[sqlite3.Connection, list[str]], Any],
+                     durable: bool = True) -> Any:
         """Run ``fn(conn, remove)`` as one write transaction on the writer thread; after
         the commit, unlink the blob relpaths ``fn`` appended to ``remove``."""
         if self._writer is None:
             raise StoreError("store is not open")
 
-        return await self._writer.submit_txn(fn, asyncio.get_running_loop())
+        return await self._writer.submit_txn((fn, durable), asyncio.get_running_loop())
 
     def _run_txns(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
         """Writer thread: every pending ``_write`` job in ONE transaction, each inside its
@@ -245,7 +246,7 @@ class SQLiteStore:
                     p.result, p.error = None, None
                     conn.execute("SAVEPOINT job")
                     try:
-                        p.result = p.payload(conn, removes[i])
+                        p.result = p.payload[0](conn, removes[i])
                     except BaseException as exc:
                         conn.execute("ROLLBACK TO job")
                         p.error = (StoreError(f"database error: {exc}")
@@ -256,12 +257,17 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        durable = any(p.payload[1] for p in items)
         try:
-            self._exclusive(lambda: self._retry_busy(attempt))
+            self._exclusive(lambda: self._retry_busy(attempt), sync=durable)
         except sqlite3.Error as exc:
             for p in items:
                 p.result, p.error = None, StoreError(f"database error: {exc}")
             return
+        except OSError as exc:      # committed, but the flush after it failed
+            for p in items:
+                if p.payload[1]:
+                    p.result, p.error = None, StoreError(f"cannot sync: {exc.strerror}")
         for p, rels in zip(items, removes):
             if p.error is None:
                 for rel in rels:
@@ -634,7 +640,8 @@ class SQLiteStore:
             for m in out:
                 m.reclaimed = m.queue_id in reclaimed
             return out
-        return await self._write(fn)
+        # A lease need not survive a crash (recover() expires them all): no flush.
+        return await self._write(fn, durable=False)
 
     async def record_results(self, queue_id: str, results: Sequence[DeliveryResult],
                              now: float, next_attempt_at: float | None,
