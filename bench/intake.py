@@ -522,7 +522,7 @@ class MailwrightServer(Server):
 
     def __init__(self, port: int, work: Path, acct_mode: str, *, exe: Path,
                  workers: int, config_template: Path | None, delivery: str = "discard",
-                 sync_method: str = "fsync"):
+                 sync_method: str = "auto"):
         super().__init__(port, work, acct_mode)
         self.exe = exe
         self.delivery = delivery            # same choice as Postfix's, for a fair comparison
@@ -904,8 +904,8 @@ def parse_args(argv=None):
     ap.add_argument("--mailwright-port", type=int, default=2700)
     ap.add_argument("--postfix-delivery", choices=("discard", "maildir"), default="discard",
                     help="after intake, both servers discard (default) or deliver to a Maildir")
-    ap.add_argument("--mailwright-sync", choices=("fsync", "syncfs"), default="fsync",
-                    help="Mailwright's [store] sync_method (default fsync, its default)")
+    ap.add_argument("--mailwright-sync", choices=("auto", "fsync", "syncfs"), default="auto",
+                    help="Mailwright's [store] sync_method (default: auto, its default)")
     ap.add_argument("--mailwright", type=Path, default=REPO / ".venv/bin/mailwright",
                     help="Mailwright console script (default .venv/bin/mailwright)")
     ap.add_argument("--mailwright-config", type=Path,
