@@ -38,6 +38,9 @@ def setup(level: str = "info", fmt: str = "human", file: str | os.PathLike | Non
     else:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    # No record needs the caller's file and line; finding them walks the stack on every
+    # log call (documented switch in the logging module).
+    logging._srcfile = None  # type: ignore[attr-defined]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -135,3 +135,15 @@ def test_read_and_prepare_message():
     assert found == ["a@x.test"]
     assert out.startswith(b"Received: by h.test (Mailwright sendmail, from userid 1000);")
     assert b"From: me@h.test\r\n" in out and out.endswith(b"\r\n\r\nbody\r\n")
+
+
+def test_nul_refused_and_lone_cr_becomes_a_line_break():
+    import io
+    assert read_message(io.BytesIO(b"Subject: a\rb\n\nx\ry\r\n"), True) == \
+        b"Subject: a\r\nb\r\n\r\nx\r\ny\r\n"
+
+
+def test_sendmail_refuses_nul(server):
+    r = sendmail(server, "-i", "-f", "cron@example.test", "alice@example.test",
+                 input=b"Subject: nul\n\nbad\0byte\n")
+    assert r.returncode == 65 and b"NUL" in r.stderr

@@ -125,9 +125,11 @@ def parse_args(argv: Sequence[str]) -> Options:
 # --------------------------------------------------------------------------- the message
 
 def read_message(stream: BinaryIO, ignore_dots: bool) -> bytes:
-    """Standard input as CRLF text; without -i a line with a lone "." ends it."""
+    """Standard input as CRLF text; without -i a line with a lone "." ends it. LF, CRLF
+    and a lone CR each end a line (Unix programs write LF; a lone CR must never reach the
+    queue, RFC 5321 §2.3.8)."""
     data = stream.read()
-    lines = re.split(rb"\r?\n", data)
+    lines = re.split(rb"\r\n|\r|\n", data)
     if lines and lines[-1] == b"":
         lines.pop()
     if not ignore_dots:
@@ -307,6 +309,10 @@ def main(argv: Sequence[str] | None = None, *, config: str | None = None,
     sender = _qualify(opts.sender, hostname) if opts.sender is not None \
         else f"{login}@{hostname}"
     raw = read_message(stdin or sys.stdin.buffer, opts.ignore_dots)
+    if b"\0" in raw:
+        # The same rule as SMTP intake (554 5.6.0): NUL is not allowed in mail text.
+        print(f"{PROG}: message contains a NUL byte; refused", file=err)
+        return EX_DATAERR
     message, found = prepare_message(raw, sender=sender, fullname=opts.fullname,
                                      extract=opts.extract, hostname=hostname, uid=uid,
                                      now=time.time())
