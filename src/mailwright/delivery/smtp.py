@@ -67,6 +67,7 @@ log = logging.getLogger("mailwright.delivery.smtp")
 __all__ = ["SmtpAgent", "MXResolver", "MAX_ADDRESSES", "build_smtp_agent"]
 
 MAX_ADDRESSES = 10          # next-hop addresses tried per destination and attempt
+INLINE_READ_MAX = 256 * 1024
 BODY_CHUNK = 64 * 1024
 
 NXDOMAIN_REPLY = Reply(550, "5.1.2", "Domain not found")
@@ -457,10 +458,16 @@ def _read_first_line(path: str) -> str:
 
 
 async def _read_body(path: str, prefix: bytes = b"") -> AsyncIterator[bytes]:
+    """The stored body, after ``prefix``. A small body (most mail) is one read from the page
+    cache, cheaper inline than two hand-offs to a thread; large ones stream from a thread."""
+    if prefix:
+        yield prefix
+    if os.path.getsize(path) <= INLINE_READ_MAX:
+        with open(path, "rb") as f:
+            yield f.read()
+        return
     f = await asyncio.to_thread(open, path, "rb")
     try:
-        if prefix:
-            yield prefix
         while chunk := await asyncio.to_thread(f.read, BODY_CHUNK):
             yield chunk
     finally:

@@ -137,6 +137,7 @@ class SQLiteStore:
         self.blobs = BlobDir(blob_dir)
         self.busy_timeout = busy_timeout
         self._wlock_fd = -1
+        self._reaper: ThreadPoolExecutor | None = None
         self._db_fd = -1        # syncfs mode, database on another file system than bodies
         self.lock_retry_seconds = lock_retry_seconds
         if sync_method not in ("fsync", "syncfs"):
@@ -230,7 +231,18 @@ class SQLiteStore:
         if self._writer is None:
             raise StoreError("store is not open")
 
-        return await self._writer.submit_txn((fn, durable), asyncio.get_running_loop())
+        result, rels = await self._writer.submit_txn((fn, durable), asyncio.get_running_loop())
+        if rels:
+            # Unlinking is slow on some file systems (freeing inodes and blocks, online
+            # discard) and needs no ordering: a body whose unlink is lost to a crash is an
+            # orphan that recover() removes. So it runs beside the writer, not on it.
+            await asyncio.get_running_loop().run_in_executor(self._reaper, self._remove_all,
+                                                             rels)
+        return result
+
+    def _remove_all(self, rels: list[str]) -> None:
+        for rel in rels:
+            self.blobs.remove(rel)
 
     def _run_txns(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
         """Writer thread: every pending ``_write`` job in ONE transaction, each inside its
@@ -270,8 +282,7 @@ class SQLiteStore:
                     p.result, p.error = None, StoreError(f"cannot sync: {exc.strerror}")
         for p, rels in zip(items, removes):
             if p.error is None:
-                for rel in rels:
-                    self.blobs.remove(rel)
+                p.result = (p.result, rels)       # _write unlinks them off this thread
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._reader is None or self._read_conn is None:
@@ -313,6 +324,7 @@ class SQLiteStore:
                                                       thread_name_prefix="mailwright-fsync")
             self._read_conn = self._connect()
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="mailwright-store-read")
+            self._reaper = ThreadPoolExecutor(1, thread_name_prefix="mailwright-store-unlink")
             writer = GroupCommitter("mailwright-store-writer", self._connect,
                                     self._commit_batch, max_batch=self.max_batch,
                                     run_txns=self._run_txns)
@@ -332,6 +344,9 @@ class SQLiteStore:
         if self._fsync_pool is not None:
             self._fsync_pool.shutdown()
             self._fsync_pool = None
+        if self._reaper is not None:
+            self._reaper.shutdown()
+            self._reaper = None
         if self._reader is not None:
             self._reader.shutdown()
             self._reader = None
