@@ -46,3 +46,22 @@ def rename_noreplace(src: str, dst: str) -> None:
         os.rename(src, dst)
     else:
         os.unlink(src)
+
+
+def unlink_quiet(path: str) -> bool:
+    """Remove a file; True if it was removed, False if it was not there or could not be
+    (callers treat leftovers as orphans that recovery removes later)."""
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, making the names created or renamed in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

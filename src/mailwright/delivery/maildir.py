@@ -59,7 +59,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Protocol, Sequence
 
-from ..fsutil import rename_noreplace
+from ..fsutil import fsync_dir, rename_noreplace
 from ..message.trace import local_delivery_headers
 from ..queue.model import DeliveryResult, QueuedMessage
 from ..store.base import Mailbox
@@ -255,7 +255,7 @@ class MaildirAgent:
             except OSError as exc:  # a stale tmp file is harmless; IMAP servers clean tmp/
                 log.warning("could not remove %s: %s", tmp_path, exc)
         if self.fsync:
-            _fsync_dir(new_dir)
+            fsync_dir(new_dir)
         return OK_REPLY
 
     def _write_tmp(self, tmp_path: str, headers: bytes, body_path: str, size: int) -> None:
@@ -290,7 +290,7 @@ class MaildirAgent:
                 changed.add(path)
         if self.fsync:
             for d in sorted(changed, key=len, reverse=True):
-                _fsync_dir(d)
+                fsync_dir(d)
 
 
 def _makedirs(path: str) -> list[str]:
@@ -320,14 +320,6 @@ def _write_all(out, data: bytes) -> None:
         if n is None or n <= 0:
             raise OSError(errno.EIO, "short write")
         view = view[n:]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _file_size(entry: os.DirEntry) -> int:

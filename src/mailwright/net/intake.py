@@ -29,7 +29,7 @@ from ..config.submission import SubmissionSettings
 from ..policy.auth_limits import AuthLimiter
 from ..policy.pipeline import Pipeline
 from ..policy.submission import SenderAuthorization
-from ..policy.relay import RelayCheck
+from ..policy.relay import RecipientCheck, RelayCheck
 from ..routing.directory import Directory
 from ..smtp import catalog
 from ..smtp.replies import Reply
@@ -94,7 +94,6 @@ class IntakeServer:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.relay = RelayCheck(trusted_networks)
-        from ..policy.relay import RecipientCheck
         self.pipeline = Pipeline(rcpt_checks=[self.relay, RecipientCheck()])
         self.on_commit = on_commit
         self.submission = submission or SubmissionSettings()

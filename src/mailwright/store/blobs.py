@@ -41,7 +41,7 @@ import secrets
 import sys
 import zlib
 
-from ..fsutil import rename_noreplace
+from ..fsutil import fsync_dir, rename_noreplace, unlink_quiet
 from . import queueid
 from .base import StoreError
 
@@ -130,7 +130,7 @@ class FileBlobWriter:
         self._buf = bytearray()
         if self._fd >= 0:
             self._close_fd()
-            _unlink_quiet(self.tmp_path)
+            unlink_quiet(self.tmp_path)
 
     def seal(self) -> None:
         """Hand the body over to the committer (which writes what is still buffered)."""
@@ -193,9 +193,9 @@ class FileBlobWriter:
         """Remove whatever exists of this blob (temp and/or final name). Never raises."""
         self._close_fd()
         if self.tmp_path:
-            _unlink_quiet(self.tmp_path)
+            unlink_quiet(self.tmp_path)
         if self.final_path is not None:
-            _unlink_quiet(self.final_path)
+            unlink_quiet(self.final_path)
         self._state = _ABORTED
 
     def _close_fd(self) -> None:
@@ -312,17 +312,11 @@ class BlobDir:
     def syncfs_available() -> bool:
         return _libc is not None and hasattr(_libc, "syncfs") and sys.platform == "linux"
 
-    @staticmethod
-    def fsync_dir(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir = staticmethod(fsync_dir)
 
     # --- queue side
     def remove(self, relpath: str) -> bool:
-        return _unlink_quiet(os.path.join(self.root, relpath))
+        return unlink_quiet(os.path.join(self.root, relpath))
 
     def read(self, relpath: str) -> bytes:
         with open(os.path.join(self.root, relpath), "rb") as f:
@@ -359,13 +353,3 @@ class BlobDir:
                         except FileNotFoundError:
                             pass
         return out
-
-
-def _unlink_quiet(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return False

@@ -64,6 +64,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..fsutil import unlink_quiet
 from ..queue.model import (
     DSN_ACTIONS, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
     RecipientRequest, RecipientState,
@@ -341,15 +342,10 @@ class SQLiteStore:
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
-        if self._fsync_pool is not None:
-            self._fsync_pool.shutdown()
-            self._fsync_pool = None
-        if self._reaper is not None:
-            self._reaper.shutdown()
-            self._reaper = None
-        if self._reader is not None:
-            self._reader.shutdown()
-            self._reader = None
+        for pool in (self._fsync_pool, self._reaper, self._reader):
+            if pool is not None:
+                pool.shutdown()
+        self._fsync_pool = self._reaper = self._reader = None
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
@@ -412,7 +408,7 @@ class SQLiteStore:
         cutoff = float("inf") if exclusive else now - self.recover_grace_seconds
         tmp_removed = 0
         for path, mtime in self.blobs.list_tmp():
-            if mtime < cutoff and _unlink(path):
+            if mtime < cutoff and unlink_quiet(path):
                 tmp_removed += 1
 
         def fn(c: sqlite3.Connection) -> tuple[int, int, list[str]]:
@@ -1100,10 +1096,3 @@ class SQLiteStore:
         return await self._read(lambda c: [r[0] for r in c.execute(
             "SELECT address FROM send_as WHERE login = ? ORDER BY address", (_norm(login),))])
 
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except OSError:
-        return False
