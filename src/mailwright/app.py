@@ -33,8 +33,10 @@ import time
 
 from . import logs
 from .config.settings import Settings, load_settings
+from .net.dns import Resolver
 from .net.intake import IntakeServer, Limits, ListenerSpec, bind_listener
 from .net.tls import ensure_self_signed, server_context
+from .policy.registry import build_checks
 from .routing.directory import Directory
 from .routing.router import Router
 
@@ -131,6 +133,13 @@ async def prepare(settings: Settings) -> None:
         await store.close()
 
 
+def shared_resolver(settings: Settings) -> Resolver:
+    """The one DNS resolver of a process: routing, SPF/DKIM/DMARC, blocklists share its
+    cache. Nameservers come from ``[outbound] nameservers`` (default: /etc/resolv.conf)."""
+    out = settings.outbound
+    return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop
@@ -166,14 +175,18 @@ class Worker:
         directory = Directory(snapshot, primary_domain(settings))
         ssl_context = server_context(str(paths.tls_cert), str(paths.tls_key),
                                      settings.tls.min_version)
+        resolver = shared_resolver(settings)
         manager = None
         if self.primary:
-            manager = self._queue_manager(store, lambda: intake.directory)
+            manager = self._queue_manager(store, lambda: intake.directory, resolver)
+        policy = build_checks(settings, resolver=resolver, store=store,
+                              hostname=settings.hostname)
         intake = IntakeServer(hostname=settings.hostname, store=store, directory=directory,
                               limits=_limits(settings), ssl_context=ssl_context,
                               trusted_networks=settings.relay.trusted_networks,
                               on_commit=self._on_commit(manager),
-                              submission=settings.submission)
+                              submission=settings.submission,
+                              checks=policy.checks, header_filters=policy.header_filters)
         # With intake workers, the primary only delivers (its intake object still keeps the
         # directory snapshot fresh for routing).
         accepting = not self.primary or settings.effective_workers <= 1
@@ -225,7 +238,7 @@ class Worker:
                 child.kill()
         await store.close()
 
-    def _queue_manager(self, store, directory_getter):
+    def _queue_manager(self, store, directory_getter, resolver=None):
         from .delivery.discard import DiscardAgent
         from .delivery.maildir import MaildirAgent
         from .delivery.smtp import build_smtp_agent
@@ -238,7 +251,7 @@ class Worker:
             "discard": DiscardAgent(),
             # Local domains never leave over SMTP (the router never sends them there;
             # the agent refuses them as a second guard).
-            "smtp": build_smtp_agent(s.outbound, hostname=s.hostname,
+            "smtp": build_smtp_agent(s.outbound, hostname=s.hostname, resolver=resolver,
                                      local_domains=lambda d: directory_getter()
                                      .is_local_domain(d)),
         }

@@ -66,6 +66,27 @@ async def test_commit_roundtrip_keeps_envelope_and_body(store):
         assert f.read() == body
 
 
+@pytest.mark.parametrize("size", [100, 200_000], ids=["in-memory", "streamed"])
+async def test_blob_read_all_and_prepend_before_commit(store, size):
+    """End-of-data checks read the body back and add header fields in front of it."""
+    body = b"Subject: hi\r\n\r\n" + os.urandom(size) + b"\r\n"
+    blob = store.new_blob()
+    for i in range(0, len(body), 7000):
+        blob.write(body[i:i + 7000])
+    assert blob.read_all() == body
+    added = b"Authentication-Results: mx.example.net; spf=pass\r\n"
+    blob.prepend(added)
+    blob.write(b"")
+    assert blob.size == len(added) + len(body)
+    assert blob.read_all() == added + body
+    qid = await store.commit_message(env("bob@example.net"), blob)
+    m = await store.get_message(qid)
+    assert m.envelope.size == len(added) + len(body)
+    assert store.read_body(m) == added + body
+    with open(store.body_path(m), "rb") as f:
+        assert f.read() == added + body
+
+
 async def test_ids_are_distinct_and_sort_in_commit_order(store):
     ids = [await commit(store, b"x%d" % i) for i in range(20)]
     assert len(set(ids)) == 20

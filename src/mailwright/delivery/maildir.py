@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Protocol, Sequence
 
 from ..fsutil import fsync_dir, rename_noreplace
+from ..message.headers import quarantine_reason
 from ..message.trace import local_delivery_headers
 from ..queue.model import DeliveryResult, QueuedMessage
 from ..store.base import Mailbox
@@ -92,6 +93,20 @@ class _Temporary(Exception):
         self.reply = reply
 
 
+QUARANTINE_PEEK = 16 * 1024     # our fields come first; this covers them
+
+
+def _quarantined(body_path: str) -> bool:
+    """True if the stored message carries our quarantine field (message/headers.py; it is
+    removed from everything that arrives, so only our checks can have set it)."""
+    try:
+        with open(body_path, "rb") as f:
+            head = f.read(QUARANTINE_PEEK)
+    except OSError:
+        return False            # the write below reports the unreadable body
+    return quarantine_reason(head) is not None
+
+
 def _escape_name_part(value: str) -> str:
     """Maildir spec: '/' and ':' in the host part are written as octal escapes; we also
     escape ',' (Dovecot's ",S=" field separator) and '\\' (the escape character)."""
@@ -105,6 +120,7 @@ class _Target:
     maildir: str        # the mailbox's top Maildir (quota is counted over all of it)
     folder_dir: str     # the Maildir (top or ".Folder") receiving this copy
     base: str           # deterministic name without ",S=" (idempotence key)
+    junk_dir: str = ""  # where a quarantined copy goes instead ("" = no junk folder)
 
 
 class MaildirAgent:
@@ -113,12 +129,13 @@ class MaildirAgent:
     transport = "maildir"
 
     def __init__(self, root: str, hostname: str, fsync: bool = True, *,
-                 directory: MailboxDirectory | None = None) -> None:
+                 directory: MailboxDirectory | None = None, junk_folder: str = "Junk") -> None:
         self.root = os.path.abspath(root)
         self.hostname = hostname
         self.fsync = fsync
         # Without a directory every mailbox is assumed to exist and to be unlimited.
         self.directory = directory
+        self.junk_folder = junk_folder
         self._name_host = _escape_name_part(hostname or "localhost")
         self._counter = itertools.count(1)
 
@@ -171,7 +188,9 @@ class MaildirAgent:
             delivered_to=task.route.address or mailbox_name)
         target = _Target(maildir=maildir,
                          folder_dir=self._folder_dir(maildir, task.route.folder),
-                         base=self._final_base(message, rid))
+                         base=self._final_base(message, rid),
+                         junk_dir=self._folder_dir(maildir, self.junk_folder)
+                         if self.junk_folder else "")
         try:
             reply = await asyncio.to_thread(self._write, target, headers, body_path, quota,
                                             message.reclaimed)
@@ -210,6 +229,9 @@ class MaildirAgent:
     def _write(self, target: _Target, headers: bytes, body_path: str, quota: int,
                maybe_delivered: bool = True) -> str:
         """Runs in a worker thread. Returns the ok reply; raises _Temporary or OSError."""
+        if target.junk_dir and _quarantined(body_path):
+            # Our quarantine mark (DMARC p=quarantine, content rules): the Junk folder.
+            target = _Target(target.maildir, target.junk_dir, target.base)
         self._ensure_maildir(target.maildir, sub_folder=False)
         if target.folder_dir != target.maildir:
             self._ensure_maildir(target.folder_dir, sub_folder=True)

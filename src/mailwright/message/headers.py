@@ -42,6 +42,7 @@ from .trace import (
 )
 
 __all__ = ["HeaderCapture", "HeaderInfo", "submission_fixups", "new_message_id",
+           "QUARANTINE_FIELD", "quarantine_field", "quarantine_reason", "remove_fields",
            "HEADER_LIMIT"]
 
 HEADER_LIMIT = 256 * 1024
@@ -159,3 +160,72 @@ def submission_fixups(info: HeaderInfo, *, hostname: str, auth_user: str, helo: 
     if not info.has_date:
         out += f"Date: {rfc5322_date(now)}{CRLF}"
     return out.encode("utf-8")
+
+
+# --------------------------------------------------------------- our own marks
+
+#: The field that sends a message to the recipient's Junk folder (DMARC quarantine,
+#: content rules). Only we may set it: ``remove_fields`` strips it from every arriving
+#: message before anything is stored, so its presence at delivery is trustworthy.
+QUARANTINE_FIELD = b"X-Mailwright-Quarantine"
+
+
+def quarantine_field(reason: str) -> bytes:
+    text = " ".join(reason.replace("\r", " ").replace("\n", " ").split())[:400] or "yes"
+    return fold(QUARANTINE_FIELD.decode(), [text.split(" ")]).encode("utf-8", "replace")
+
+
+def remove_fields(header: bytes, should_remove) -> tuple[bytes, int]:
+    """Remove whole fields (with their folded continuation lines) for which
+    ``should_remove(name_lower: bytes, raw_field: bytes)`` is true. Returns the new
+    section and how many fields were removed. Line ends are kept as they were."""
+    if not header:
+        return header, 0
+    lines = header.splitlines(keepends=True)
+    out: list[bytes] = []
+    field: list[bytes] = []
+    removed = 0
+
+    def close() -> None:
+        nonlocal removed
+        if not field:
+            return
+        raw = b"".join(field)
+        colon = raw.find(b":")
+        name = raw[:colon].strip().lower() if colon > 0 else b""
+        if name and should_remove(name, raw):
+            removed += 1
+        else:
+            out.append(raw)
+        field.clear()
+
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and field:
+            field.append(line)
+            continue
+        close()
+        if line in (b"\r\n", b"\n"):
+            out.append(line)
+            continue
+        field.append(line)
+    close()
+    return b"".join(out), removed
+
+
+def quarantine_reason(message_head: bytes) -> str | None:
+    """The reason in our quarantine field, if the header section of a stored message has
+    one (we put it first; any position is accepted). Folded values are unfolded."""
+    end = message_head.find(b"\r\n\r\n")
+    section = message_head if end < 0 else message_head[:end + 2]
+    wanted = QUARANTINE_FIELD.lower()
+    lines = section.split(b"\r\n")
+    for i, line in enumerate(lines):
+        if line[:len(wanted) + 1].lower() == wanted + b":":
+            value = [line[len(wanted) + 1:]]
+            for cont in lines[i + 1:]:
+                if cont[:1] not in (b" ", b"\t"):
+                    break
+                value.append(cont)
+            text = b" ".join(v.strip() for v in value).decode("utf-8", "replace").strip()
+            return text or "yes"
+    return None

@@ -26,6 +26,7 @@ from typing import Callable
 
 from ..admin.passwords import hash_password, verify_password
 from ..config.submission import SubmissionSettings
+from ..message.headers import QUARANTINE_FIELD, remove_fields
 from ..policy.auth_limits import AuthLimiter
 from ..policy.pipeline import Pipeline
 from ..policy.submission import SenderAuthorization
@@ -39,6 +40,12 @@ from ..store.base import Store
 from .session import SmtpSession
 
 log = logging.getLogger("mailwright.intake")
+
+_QUARANTINE = QUARANTINE_FIELD.lower()
+
+
+def _is_quarantine_field(name: bytes, raw: bytes) -> bool:
+    return name == _QUARANTINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +93,9 @@ class IntakeServer:
                  trusted_networks: list[str] | tuple[str, ...] = (),
                  on_commit: Callable[[str], None] | None = None,
                  handshake_timeout: float = 30.0,
-                 submission: SubmissionSettings | None = None) -> None:
+                 submission: SubmissionSettings | None = None,
+                 checks: dict[str, list] | None = None,
+                 header_filters: list[Callable[[bytes], bytes]] | None = None) -> None:
         self.hostname = hostname
         self.store = store
         self.directory = directory
@@ -94,7 +103,13 @@ class IntakeServer:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.relay = RelayCheck(trusted_networks)
-        self.pipeline = Pipeline(rcpt_checks=[self.relay, RecipientCheck()])
+        extra = checks or {}
+        self.pipeline = Pipeline(
+            connect=extra.get("connect", ()), helo=extra.get("helo", ()),
+            mail=extra.get("mail", ()),
+            rcpt=[self.relay, RecipientCheck(), *extra.get("rcpt", ())],
+            data=extra.get("data", ()))
+        self.header_filters = list(header_filters or ())
         self.on_commit = on_commit
         self.submission = submission or SubmissionSettings()
         self.auth_limiter = AuthLimiter.from_settings(self.submission)
@@ -172,6 +187,14 @@ class IntakeServer:
     async def send_as_grants(self, login: str) -> tuple[str, ...]:
         lister = getattr(self.store, "list_send_as", None)
         return tuple(await lister(login)) if lister is not None else ()
+
+    def filter_header(self, header: bytes) -> bytes:
+        """The arriving header section without the fields only we may set (our quarantine
+        mark; forged Authentication-Results through ``header_filters``)."""
+        header, _ = remove_fields(header, _is_quarantine_field)
+        for keep_ours_only in self.header_filters:
+            header = keep_ours_only(header)
+        return header
 
     def message_committed(self, queue_id: str) -> None:
         if self.on_commit is not None:

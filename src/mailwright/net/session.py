@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING
 
 from ..message.headers import HeaderCapture, submission_fixups
 from ..message.trace import sanitize_address
-from ..policy.context import SessionInfo, TransactionInfo
+from ..message.headers import quarantine_field
+from ..policy.context import MessageView, SessionInfo, TransactionInfo
 from ..policy.verdict import Action, Verdict
 from ..queue.model import Envelope, RecipientRequest
 from ..routing.directory import Kind
@@ -92,6 +93,7 @@ class SmtpSession(asyncio.Protocol):
         self._sasl = None                    # the SASL exchange in progress
         self._grants: tuple[str, ...] = ()   # send-as grants of the authenticated user
         self._capture: HeaderCapture | None = None
+        self._greeted = True
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -108,13 +110,18 @@ class SmtpSession(asyncio.Protocol):
             return
         self._registered = True
         self.info = SessionInfo(client_ip=ip, client_port=port, listener=self.listener.name,
-                                role=self.listener.role, trusted=self.server.is_trusted(ip))
+                                role=self.listener.role, trusted=self.server.is_trusted(ip),
+                                session_id=self.sid)
         config = self.server.server_config(self.listener)
         self.conn = ServerConnection(config, self.loop.time())
         if self.listener.tls == "implicit":
             self.info.tls = describe(transport.get_extra_info("ssl_object"))
-        self.conn.greeting()
-        self._flush()
+        if self.server.pipeline.has("connect"):
+            self._greeted = False
+            self._start(self._connect())
+        else:
+            self.conn.greeting()
+            self._flush()
         self._arm_timer()
         log.debug("connect sid=%s client=%s:%s listener=%s", self.sid, ip, port,
                   self.listener.name)
@@ -123,6 +130,8 @@ class SmtpSession(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
+        if not self._greeted:
+            self.info.early_talker = True   # talked before the banner (RFC 5321 §4.3.1)
         conn.receive_data(data, self.loop.time())
         if not self._busy:
             self._pump()
@@ -198,6 +207,9 @@ class SmtpSession(asyncio.Protocol):
                 return False
             self._mail = event
             self.txn.sender = str(event.address)
+            if self.server.pipeline.has("mail"):
+                self._start(self._mail_checks())
+                return True
             conn.respond(None)
         elif t is ev.DataStarted:
             self._discard_blob()
@@ -219,6 +231,9 @@ class SmtpSession(asyncio.Protocol):
                      event.reason)
         elif t is ev.Hello:
             self.info.helo = event.hostname
+            if self.server.pipeline.has("helo"):
+                self._start(self._helo_checks())
+                return True
             conn.respond(None)
         elif t is ev.TransactionReset:
             self._reset_transaction()
@@ -262,6 +277,57 @@ class SmtpSession(asyncio.Protocol):
         self._pump()
 
     # ------------------------------------------------------------ steps
+
+    async def _connect(self) -> None:
+        """Connect checks (blocklists, pre-greeting) run before the banner is sent."""
+        verdict = await self.server.pipeline.check_connect(self.info)
+        self._greeted = True
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            log.info("reject sid=%s client=%s step=connect check=%s reason=%s", self.sid,
+                     self.info.client_ip, verdict.check, verdict.reason)
+            self.conn.greeting(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+            return
+        self.conn.greeting()
+
+    async def _helo_checks(self) -> None:
+        verdict = await self.server.pipeline.check_helo(self.info)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            log.info("reject sid=%s client=%s helo=%s check=%s reason=%s", self.sid,
+                     self.info.client_ip, self.info.helo[:100], verdict.check, verdict.reason)
+            self.info.helo = ""
+            self.conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+            return
+        self.conn.respond(verdict.reply if verdict.action is Action.ACCEPT
+                          and verdict.reply and verdict.reply.is_positive else None)
+
+    async def _mail_checks(self) -> None:
+        verdict = await self.server.pipeline.check_mail(self.info, self.txn)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            log.info("reject sid=%s client=%s from=<%s> check=%s reason=%s", self.sid,
+                     self.info.client_ip, sanitize_address(self.txn.sender), verdict.check,
+                     verdict.reason)
+            self._mail = None
+            self.txn = TransactionInfo()
+            self.conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+            return
+        self.conn.respond(None)
+
+    async def _data_checks(self, blob) -> Verdict:
+        """End-of-data checks (DKIM, DMARC, content ...). Header fields they add are put in
+        front of the stored message."""
+        capture = self._capture
+        header = capture.header if capture is not None and capture.header is not None else b""
+        message = MessageView(header, blob.size, blob.read_all)
+        verdict = await self.server.pipeline.check_data(self.info, self.txn, message)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            return verdict
+        prefix = message.prefix()
+        if message.quarantine_reason:
+            prefix = quarantine_field(message.quarantine_reason) + prefix
+        if prefix:
+            blob.prepend(prefix)
+        self.txn.facts["quarantine"] = message.quarantine_reason
+        return verdict
 
     def _on_rcpt(self, event: ev.RcptTo) -> bool:
         directory = self.server.directory
@@ -312,13 +378,19 @@ class SmtpSession(asyncio.Protocol):
             data = capture.feed(data)
             if not capture.done:
                 return                  # still inside the header section: held back
-            data = self._header_prefix() + capture.header + data
+            data = self._header_prefix() + self._filtered(capture.header) + data
         if not data:
             return
         try:
             self._blob.write(data)
         except OSError as exc:  # disk full, I/O error: answered at end of data
             self._blob_error = exc
+
+    def _filtered(self, header: bytes) -> bytes:
+        """Fields nobody outside may set are removed as the message arrives: our own
+        quarantine mark, and Authentication-Results claiming our authserv-id (RFC 8601
+        §5). ``capture.header`` keeps the section as received, for the checks."""
+        return self.server.filter_header(header)
 
     def _header_prefix(self) -> bytes:
         """What goes before the captured header section: the submission fix-ups."""
@@ -361,7 +433,7 @@ class SmtpSession(asyncio.Protocol):
         if capture is None or capture.done or self._blob is None or self._blob_error:
             return
         rest = capture.finish()
-        data = self._header_prefix() + capture.header + rest
+        data = self._header_prefix() + self._filtered(capture.header) + rest
         if data:
             try:
                 self._blob.write(data)
@@ -464,6 +536,21 @@ class SmtpSession(asyncio.Protocol):
             conn.respond(catalog.INSUFFICIENT_STORAGE)
             self._reset_transaction()
             return
+        if self.server.pipeline.has("data"):
+            try:
+                verdict = await self._data_checks(blob)
+            except (StoreError, OSError) as exc:
+                log.error("session %s: end-of-data checks failed: %r", self.sid, exc)
+                verdict = Verdict(Action.TEMPFAIL, "data", catalog.TEMP_LOCAL_ERROR,
+                                  "message could not be read back")
+            if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+                blob.abort()
+                log.info("reject sid=%s client=%s from=<%s> step=data check=%s reason=%s",
+                         self.sid, self.info.client_ip, sanitize_address(self.txn.sender),
+                         verdict.check, verdict.reason)
+                conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+                self._reset_transaction()
+                return
         mail = self._mail
         info = self.info
         hide = (self.listener.submission and bool(info.auth_user)

@@ -1,8 +1,18 @@
-"""What the policy checks may look at: the session and the transaction so far."""
+"""What the policy checks may look at: the session, the transaction so far, the message.
+
+Checks read these and return verdicts; they never touch sockets. Results one check
+establishes for a later one (the SPF result at MAIL that DMARC needs at end of data) go
+into ``TransactionInfo.facts`` under the check's name. Authentication results meant for the
+``Authentication-Results`` field (RFC 8601) are collected in ``MessageView.auth_results`` and
+written as one field by the last data stage.
+"""
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .verdict import Verdict
 
 
 @dataclass(slots=True)
@@ -15,6 +25,10 @@ class SessionInfo:
     tls: str = ""                    # "" or "TLSv1.3 TLS_AES_..."
     auth_user: str = ""              # authenticated user (submission issue)
     trusted: bool = False            # client inside [relay] trusted_networks
+    session_id: str = ""
+    early_talker: bool = False       # sent data before the greeting (set by the driver)
+    facts: dict[str, Any] = field(default_factory=dict)   # per-session results by check
+    verdicts: list[Verdict] = field(default_factory=list)  # connect/helo verdicts with reasons
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -28,3 +42,67 @@ class SessionInfo:
 class TransactionInfo:
     sender: str = ""
     recipients: list[str] = field(default_factory=list)   # accepted so far, as given
+    facts: dict[str, Any] = field(default_factory=dict)   # results by check name
+    verdicts: list[Verdict] = field(default_factory=list)  # every verdict with a reason
+
+
+class MessageView:
+    """The message at end of data, before the commit.
+
+    ``header`` is the header section as received (bounded, see message.headers); ``read()``
+    returns the whole message (read back from the blob once, then cached). Checks add
+    header fields with ``add_header`` (prepended in the order added, above what arrived)
+    and may ask for delivery to the Junk folder with ``quarantine``.
+    """
+
+    __slots__ = ("header", "size", "_reader", "_data", "added_headers", "auth_results",
+                 "quarantine_reason", "spam_score", "spam_tags")
+
+    def __init__(self, header: bytes, size: int, reader: Callable[[], bytes]) -> None:
+        self.header = header
+        self.size = size
+        self._reader = reader
+        self._data: bytes | None = None
+        self.added_headers: list[bytes] = []
+        self.auth_results: list[Any] = []      # mailauth.authresults.MethodResult values
+        self.quarantine_reason = ""
+        self.spam_score = 0.0
+        self.spam_tags: list[str] = []
+
+    def read(self) -> bytes:
+        if self._data is None:
+            self._data = self._reader()
+        return self._data
+
+    def add_header(self, field_bytes: bytes) -> None:
+        """Add one complete header field (name, value, CRLF; folded lines allowed)."""
+        if not field_bytes.endswith(b"\r\n"):
+            field_bytes += b"\r\n"
+        self.added_headers.append(field_bytes)
+
+    def quarantine(self, reason: str) -> None:
+        if not self.quarantine_reason:
+            self.quarantine_reason = reason
+
+    def header_values(self, name: str) -> list[str]:
+        """Unfolded values of every field called ``name`` in the received header section."""
+        wanted = name.lower().encode()
+        out: list[str] = []
+        current: list[bytes] | None = None
+        for line in self.header.split(b"\r\n"):
+            if line[:1] in (b" ", b"\t"):
+                if current is not None:
+                    current.append(line)
+                continue
+            if current is not None:
+                out.append(b"".join(current).decode("utf-8", "replace").strip())
+                current = None
+            colon = line.find(b":")
+            if colon > 0 and line[:colon].strip().lower() == wanted:
+                current = [line[colon + 1:]]
+        if current is not None:
+            out.append(b"".join(current).decode("utf-8", "replace").strip())
+        return out
+
+    def prefix(self) -> bytes:
+        return b"".join(self.added_headers)

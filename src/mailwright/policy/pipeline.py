@@ -1,11 +1,28 @@
 """The policy pipeline: runs the checks of each SMTP step in order and merges verdicts.
 
 Checks decide; the pipeline orchestrates (GUIDE idea 7, after maddy's CheckState and Haraka's
-hooks). For each step (connect, helo, mail, rcpt, data) the checks registered for it run in
-order; the first REJECT or TEMPFAIL ends the step, ACCEPT ends it positively, CONTINUE goes on.
-A check that raises becomes TEMPFAIL 451 4.3.0 (unknown means temporary: the client retries,
-nothing is lost) and the error is logged, never sent to the peer. Asynchronous checks (DNS)
-run under a per-check timeout that also becomes TEMPFAIL.
+hooks). Checks are registered explicitly per step (GUIDE idea 11: no discovery by method
+names); a check registered for a step implements that step's method:
+
+=========  ==========================================================  ===================
+step       method                                                       when
+=========  ==========================================================  ===================
+connect    ``check_connect(session)``                                   before the greeting
+helo       ``check_helo(session)``                                      HELO/EHLO
+mail       ``check_mail(session, txn)``                                 MAIL FROM
+rcpt       ``check_rcpt(session, txn, rcpt, resolution)``               each RCPT TO
+data       ``check_data(session, txn, message)``                        end of data, before
+                                                                        the commit
+=========  ==========================================================  ===================
+
+Each returns a ``Verdict`` or an awaitable of one. For each step the checks run in order;
+the first REJECT or TEMPFAIL ends the step, ACCEPT ends it positively, CONTINUE goes on.
+A check that raises becomes TEMPFAIL 451 4.3.0 (unknown means temporary: the client
+retries, nothing is lost) and the error is logged, never sent to the peer. Asynchronous
+checks (DNS) run under a per-check timeout that also becomes TEMPFAIL.
+
+Every verdict that names its check and carries a reason is kept, in order, on the session
+(connect, helo) or the transaction (mail, rcpt, data) for logs and the message trace.
 
 The relay check is always first for RCPT (GUIDE idea 8).
 """
@@ -19,54 +36,106 @@ from typing import Any, Sequence
 from ..routing.directory import Resolution
 from ..smtp import catalog
 from ..smtp.events import Address
-from .context import SessionInfo, TransactionInfo
+from .context import MessageView, SessionInfo, TransactionInfo
 from .verdict import CONTINUE, Action, Verdict
 
 log = logging.getLogger("mailwright.policy")
 
+STEPS = ("connect", "helo", "mail", "rcpt", "data")
+
+
+def _failed(check: Any, why: str) -> Verdict:
+    return Verdict(Action.TEMPFAIL, getattr(check, "name", "?"), catalog.TEMP_LOCAL_ERROR, why)
+
 
 class Pipeline:
-    def __init__(self, rcpt_checks: Sequence[Any] = (), timeout: float = 30.0) -> None:
-        self.rcpt_checks = list(rcpt_checks)
+    def __init__(self, *, connect: Sequence[Any] = (), helo: Sequence[Any] = (),
+                 mail: Sequence[Any] = (), rcpt: Sequence[Any] = (),
+                 data: Sequence[Any] = (), timeout: float = 30.0,
+                 rcpt_checks: Sequence[Any] | None = None) -> None:
+        self.steps: dict[str, list[Any]] = {
+            "connect": list(connect), "helo": list(helo), "mail": list(mail),
+            "rcpt": list(rcpt_checks if rcpt_checks is not None else rcpt),
+            "data": list(data)}
+        for step, checks in self.steps.items():
+            method = f"check_{step}"
+            for check in checks:
+                if not callable(getattr(check, method, None)):
+                    raise TypeError(f"{type(check).__name__} registered for {step} has no "
+                                    f"{method}()")
         self.timeout = timeout
+
+    @property
+    def rcpt_checks(self) -> list[Any]:
+        return self.steps["rcpt"]
+
+    def has(self, step: str) -> bool:
+        return bool(self.steps[step])
+
+    def add(self, step: str, check: Any, first: bool = False) -> None:
+        if not callable(getattr(check, f"check_{step}", None)):
+            raise TypeError(f"{type(check).__name__} has no check_{step}()")
+        if first:
+            self.steps[step].insert(0, check)
+        else:
+            self.steps[step].append(check)
 
     async def _settle(self, check: Any, result: Any) -> Verdict:
         if inspect.isawaitable(result):
             try:
                 result = await asyncio.wait_for(result, self.timeout)
             except asyncio.TimeoutError:
-                return Verdict(Action.TEMPFAIL, check.name, catalog.TEMP_LOCAL_ERROR,
-                               f"{check.name} timed out after {self.timeout}s")
+                return _failed(check, f"{check.name} timed out after {self.timeout}s")
         return result
+
+    async def _run(self, step: str, args: tuple, record: list[Verdict]) -> Verdict:
+        method = f"check_{step}"
+        for check in self.steps[step]:
+            try:
+                verdict = await self._settle(check, getattr(check, method)(*args))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("policy check %s failed", getattr(check, "name", check))
+                verdict = _failed(check, "check raised")
+            if verdict.check and verdict.reason:
+                record.append(verdict)
+            if verdict.action is not Action.CONTINUE:
+                return verdict
+        return CONTINUE
+
+    async def check_connect(self, session: SessionInfo) -> Verdict:
+        return await self._run("connect", (session,), session.verdicts)
+
+    async def check_helo(self, session: SessionInfo) -> Verdict:
+        return await self._run("helo", (session,), session.verdicts)
+
+    async def check_mail(self, session: SessionInfo, txn: TransactionInfo) -> Verdict:
+        return await self._run("mail", (session, txn), txn.verdicts)
+
+    async def check_data(self, session: SessionInfo, txn: TransactionInfo,
+                         message: MessageView) -> Verdict:
+        return await self._run("data", (session, txn, message), txn.verdicts)
 
     def check_rcpt_sync(self, session: SessionInfo, txn: TransactionInfo, rcpt: Address,
                         resolution: Resolution) -> Verdict | None:
         """Run the RCPT checks without awaiting. Returns None if a check needs the event
         loop (then call ``check_rcpt``), which keeps the common path free of task overhead."""
-        for check in self.rcpt_checks:
+        for check in self.steps["rcpt"]:
             try:
                 verdict = check.check_rcpt(session, txn, rcpt, resolution)
             except Exception:
                 log.exception("policy check %s failed", check.name)
-                return Verdict(Action.TEMPFAIL, check.name, catalog.TEMP_LOCAL_ERROR,
-                               "check raised")
+                return _failed(check, "check raised")
             if inspect.isawaitable(verdict):
                 verdict.close()
                 return None
             if verdict.action is not Action.CONTINUE:
+                if verdict.reason:
+                    txn.verdicts.append(verdict)
                 return verdict
         return CONTINUE
 
     async def check_rcpt(self, session: SessionInfo, txn: TransactionInfo, rcpt: Address,
                          resolution: Resolution) -> Verdict:
-        for check in self.rcpt_checks:
-            try:
-                verdict = await self._settle(check, check.check_rcpt(session, txn, rcpt,
-                                                                     resolution))
-            except Exception:
-                log.exception("policy check %s failed", check.name)
-                return Verdict(Action.TEMPFAIL, check.name, catalog.TEMP_LOCAL_ERROR,
-                               "check raised")
-            if verdict.action is not Action.CONTINUE:
-                return verdict
-        return CONTINUE
+        return await self._run("rcpt", (session, txn, rcpt, resolution), txn.verdicts)

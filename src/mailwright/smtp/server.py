@@ -259,9 +259,15 @@ class ServerConnection:
     def accepted_recipients(self) -> int:
         return self._accepted
 
-    def greeting(self) -> None:
-        """Queue the 220 banner (RFC 5321 §4.3.1)."""
-        self._send(catalog.greeting(self.config.hostname, self.config.greeting_text))
+    def greeting(self, refusal: Reply | None = None) -> None:
+        """Queue the 220 banner (RFC 5321 §4.3.1), or a ``refusal`` (554, or 421) instead:
+        the connection is then closed (§3.1 allows waiting for QUIT; we do not listen to
+        a client we refused)."""
+        if refusal is None:
+            self._send(catalog.greeting(self.config.hostname, self.config.greeting_text))
+            return
+        self._send(refusal, count=False)
+        self._close(f"refused at connect: {refusal.code} {refusal.enhanced}")
 
     def ehlo_reply(self) -> Reply:
         """The default EHLO reply; a driver may extend it and pass it to ``respond``."""

@@ -40,6 +40,10 @@ class BlobWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def abort(self) -> None: ...
+    def read_all(self) -> bytes:
+        """Everything written so far (for end-of-data checks); StoreError if unreadable."""
+    def prepend(self, data: bytes) -> None:
+        """Insert ``data`` before what was written (header fields added after checks)."""
     @property
     def size(self) -> int: ...
 

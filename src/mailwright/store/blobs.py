@@ -122,6 +122,53 @@ class FileBlobWriter:
         view.release()
         self._buf.clear()
 
+    def read_all(self) -> bytes:
+        """The whole body received so far (end-of-data checks such as DKIM need it).
+        Reads the temp file back when the body was large enough to have one."""
+        if self._state != _OPEN:
+            raise StoreError("read of a blob that was committed or aborted")
+        if self._fd < 0:
+            return bytes(self._buf)
+        try:
+            with open(self.tmp_path, "rb") as f:
+                return f.read() + bytes(self._buf)
+        except OSError as exc:
+            raise StoreError(f"cannot read message body back: {exc.strerror}") from exc
+
+    def prepend(self, data: bytes) -> None:
+        """Insert ``data`` before everything written (header fields added after the
+        end-of-data checks, e.g. Authentication-Results). A body still in memory is
+        changed in place; a streamed one is copied once into a new temp file."""
+        if self._state != _OPEN:
+            raise StoreError("prepend to a blob that was committed or aborted")
+        if not data:
+            return
+        if self._fd < 0:
+            self._buf[0:0] = data
+            self._size += len(data)
+            self.crc = zlib.crc32(self._buf)
+            return
+        old_path, old_fd = self.tmp_path, self._fd
+        self._fd = -1
+        self.tmp_path = self.owner.new_tmp_path()
+        tail, self._buf = self._buf, bytearray()
+        self._size, self.crc = 0, 0
+        try:
+            self.write(data)
+            with open(old_path, "rb") as old:
+                while chunk := old.read(1 << 20):
+                    self.write(chunk)
+            self.write(bytes(tail))
+        except OSError as exc:
+            self.abort()
+            raise StoreError(f"cannot rewrite message body: {exc.strerror}") from exc
+        finally:
+            try:
+                os.close(old_fd)
+            except OSError:
+                pass
+            unlink_quiet(old_path)
+
     def abort(self) -> None:
         """Close and remove the partial file. Idempotent; a no-op once sealed."""
         if self._state != _OPEN:
