@@ -261,6 +261,7 @@ delivery_concurrency = {concurrency}
 [outbound]
 port = {sink_port}
 per_destination_concurrency = {concurrency}
+nameservers = ["{nameserver}"]   # bench/loopback_dns.py: no lookup leaves loopback
 
 [[outbound.routes]]
 domain = "{remote}"
@@ -271,6 +272,18 @@ tls = "none"
 level = "info"
 file = "mailwright.log"   # under data_dir
 """
+
+
+_DNS = None
+
+
+def _loopback_dns():
+    """One loopback DNS server for this benchmark process (bench/loopback_dns.py)."""
+    global _DNS
+    if _DNS is None:
+        import loopback_dns
+        _DNS = loopback_dns.start()
+    return _DNS
 
 
 class OutboundMailwright(MailwrightServer):
@@ -286,7 +299,8 @@ class OutboundMailwright(MailwrightServer):
         self.data.mkdir(parents=True, exist_ok=True)
         values = {"data_dir": str(self.data), "port": self.port, "workers": self.workers,
                   "domain": DOMAIN, "remote": REMOTE, "sink_port": self.sink_port,
-                  "concurrency": self.concurrency, "work": str(self.work)}
+                  "concurrency": self.concurrency, "work": str(self.work),
+                  "nameserver": _loopback_dns().nameserver}
         template = self.template.read_text() if self.template else MAILWRIGHT_CONFIG
         self.config.write_text(template.format(**values))
 

@@ -17,6 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = ROOT.parent / "shared" / "conformance"
 
 
+_EMPTY_DNS = None
+ROOT_SOA = ". 300 IN SOA ns.invalid. hostmaster.invalid. 1 3600 600 86400 300\n"
+
+
+def empty_dns():
+    """A loopback DNS server, shared by the test process, that is authoritative for the
+    root and so answers NXDOMAIN for every name: SPF, DKIM and DMARC find nothing."""
+    global _EMPTY_DNS
+    if _EMPTY_DNS is None:
+        from dnsserver import DNSServer
+        _EMPTY_DNS = DNSServer(ROOT_SOA).start()
+    return _EMPTY_DNS
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -76,10 +90,16 @@ class MailServer:
                 f.write(extra_sections + "\n")
         self.proc: subprocess.Popen | None = None
         self.log_path = self.tmp / "server.log"
+        self.env = dict(os.environ)
+        if "nameservers" not in self.config.read_text():
+            # Every lookup goes to a DNS server on loopback, never to the system resolver:
+            # without test zones, one that answers NXDOMAIN for every name.
+            self.env["MAILWRIGHT__OUTBOUND__NAMESERVERS"] = f'["{empty_dns().nameserver}"]'
 
     def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "mailwright.cli.main", "-c", str(self.config),
-                               *args], input=input, capture_output=True, text=True, timeout=60)
+                               *args], input=input, capture_output=True, text=True, timeout=60,
+                              env=self.env)
         if check and proc.returncode != 0:
             raise AssertionError(f"mailwright {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout}\n{proc.stderr}")
@@ -89,7 +109,7 @@ class MailServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailwright.cli.main", "-c", str(self.config), "serve"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
         try:
             wait_port(self.host, self.port, proc=self.proc)
         except Exception:

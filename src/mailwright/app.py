@@ -6,8 +6,9 @@ process). With ``workers = N > 1`` it leaves intake to N workers started as fres
 interpreters (``python -m mailwright.app --worker``) that inherit the listening sockets
 (the kernel spreads connections), so delivery never shares an event loop or a GIL with
 sessions waiting for their 250. Workers commit to the same store and wake the primary's
-queue manager through a pipe after each commit. A worker that dies is restarted; workers
-exit when the primary goes away.
+queue manager through a pipe after each commit. A worker that dies is restarted (in the
+same slot, ``--slot``); workers exit when the primary goes away. Each process counts its
+own metrics; the primary serves them all (``[metrics]``, metrics/runtime.py).
 
 Local submission (``mailwright sendmail``) commits into the store directly and then pokes
 the primary through a unix datagram socket, ``data_dir/run/wake.sock`` (``WAKE_SOCKET``):
@@ -33,6 +34,7 @@ import time
 
 from . import logs
 from .config.settings import Settings, load_settings
+from .metrics.runtime import MetricsRuntime
 from .net.dns import Resolver
 from .net.intake import IntakeServer, Limits, ListenerSpec, bind_listener
 from .net.tls import ensure_self_signed, server_context
@@ -68,6 +70,13 @@ def _bind_wake_socket(path: str) -> socket.socket | None:
         return None
 
 
+def _batv_hook(settings: Settings, name: str, is_local=None):
+    """A BATV hook (policy/backscatter.py) when ``[antiabuse] batv`` is on, else None."""
+    from .policy.backscatter import build_batv
+    batv = build_batv(settings, is_local)
+    return getattr(batv, name) if batv is not None else None
+
+
 def _listener_specs(settings: Settings) -> list[ListenerSpec]:
     return [ListenerSpec(name=l.name, address=l.address, port=l.port, role=l.role, tls=l.tls)
             for l in settings.listeners]
@@ -83,10 +92,8 @@ def _limits(settings: Settings) -> Limits:
 
 
 def _open_store(settings: Settings):
-    from .store import open_store
-    paths = settings.paths
-    return open_store(settings.store.backend, path=str(paths.store_db),
-                      blob_dir=str(paths.blob_dir), sync_method=sync_method(settings))
+    from .cluster.node import open_settings_store
+    return open_settings_store(settings, sync_method(settings))
 
 
 def sync_method(settings: Settings) -> str:
@@ -133,6 +140,13 @@ async def prepare(settings: Settings) -> None:
         await store.close()
 
 
+def dmarc_report_identity(settings: Settings) -> dict[str, str]:
+    """Who sends our DMARC aggregate reports (RFC 7489 §7.2.1: org_name, email)."""
+    domain = primary_domain(settings)
+    return {"org_name": domain, "receiver_domain": domain,
+            "org_email": settings.auth.dmarc_report_from or f"dmarc-noreply@{domain}"}
+
+
 def shared_resolver(settings: Settings) -> Resolver:
     """The one DNS resolver of a process: routing, SPF/DKIM/DMARC, blocklists share its
     cache. Nameservers come from ``[outbound] nameservers`` (default: /etc/resolv.conf)."""
@@ -153,8 +167,9 @@ class Worker:
 
     def __init__(self, settings: Settings, sockets: list[tuple[ListenerSpec, socket.socket]],
                  *, primary: bool, wake_fd: int | None, config_path: str | None,
-                 wake_write_fd: int | None = None) -> None:
+                 wake_write_fd: int | None = None, slot: int = 0) -> None:
         self.settings = settings
+        self.slot = slot                     # a worker's place; a restart keeps it (metrics)
         self.wake_write_fd = wake_write_fd   # primary: handed to the workers it spawns
         self.sockets = sockets
         self.primary = primary
@@ -176,9 +191,12 @@ class Worker:
         ssl_context = server_context(str(paths.tls_cert), str(paths.tls_key),
                                      settings.tls.min_version)
         resolver = shared_resolver(settings)
+        metrics = MetricsRuntime(settings, primary=self.primary, slot=self.slot)
+        resolver.on_lookup = metrics.mail.dns_lookup
         manager = None
         if self.primary:
-            manager = self._queue_manager(store, lambda: intake.directory, resolver)
+            manager = self._queue_manager(store, lambda: intake.directory, resolver,
+                                          metrics=metrics.mail)
         policy = build_checks(settings, resolver=resolver, store=store,
                               hostname=settings.hostname)
         intake = IntakeServer(hostname=settings.hostname, store=store, directory=directory,
@@ -186,10 +204,13 @@ class Worker:
                               trusted_networks=settings.relay.trusted_networks,
                               on_commit=self._on_commit(manager),
                               submission=settings.submission,
-                              checks=policy.checks, header_filters=policy.header_filters)
+                              checks=policy.checks, header_filters=policy.header_filters,
+                              trace=settings.trace.enabled, metrics=metrics.mail,
+                              recipient_rewriter=_batv_hook(settings, "rewrite_recipient"))
         # With intake workers, the primary only delivers (its intake object still keeps the
         # directory snapshot fresh for routing).
         accepting = not self.primary or settings.effective_workers <= 1
+        await metrics.start(store)          # before intake: scrapable once mail is served
         await intake.start(self.sockets if accepting else [])
         tasks = []
         wake_sock = None
@@ -201,6 +222,11 @@ class Worker:
             if wake_sock is not None:
                 loop.add_reader(wake_sock.fileno(), self._drain_socket, wake_sock, manager)
             tasks.append(loop.create_task(self._supervise_workers()))
+            tasks.append(loop.create_task(self._prune_trace(store)))
+            if hasattr(store, "heartbeat"):         # cluster store: cluster/heartbeat.py
+                tasks.append(loop.create_task(self._heartbeat(store, manager)))
+            if settings.auth.dmarc_reports:
+                tasks.append(loop.create_task(self._dmarc_reports(store, resolver, manager)))
         else:
             tasks.append(loop.create_task(self._watch_parent()))
         log.info("%s ready: %s", "server" if self.primary else "worker",
@@ -218,6 +244,7 @@ class Worker:
             except OSError:
                 pass
         await intake.stop()
+        await metrics.stop()
         if manager is not None:
             manager.stop()
         for child in self.children.values():
@@ -238,9 +265,10 @@ class Worker:
                 child.kill()
         await store.close()
 
-    def _queue_manager(self, store, directory_getter, resolver=None):
+    def _queue_manager(self, store, directory_getter, resolver=None, metrics=None):
         from .delivery.discard import DiscardAgent
         from .delivery.maildir import MaildirAgent
+        from .delivery.signing import OutboundSigner
         from .delivery.smtp import build_smtp_agent
         from .queue.manager import QueueManager
         from .queue.retry import RetrySchedule
@@ -252,17 +280,35 @@ class Worker:
             # Local domains never leave over SMTP (the router never sends them there;
             # the agent refuses them as a second guard).
             "smtp": build_smtp_agent(s.outbound, hostname=s.hostname, resolver=resolver,
+                                     signer=OutboundSigner(
+                                         store, s.auth, primary_domain=primary_domain(s),
+                                         authserv_id=s.auth.authserv_id or s.hostname),
                                      local_domains=lambda d: directory_getter()
-                                     .is_local_domain(d)),
+                                     .is_local_domain(d),
+                                     sender_rewriter=_batv_hook(
+                                         s, "tag_sender",
+                                         lambda d: directory_getter().is_local_domain(d))),
         }
+        if s.delivery.mailbox_store == "postgres":
+            # Mailboxes every node shares (the router's local routes say "maildir").
+            from .delivery.pgmailbox import PgMailboxAgent
+            agents["maildir"] = PgMailboxAgent(store, s.hostname)
+        if hasattr(store, "acquire_slot"):
+            # Cluster store: per_destination_concurrency holds across all nodes.
+            from .cluster.limits import ClusterDestinationLimiter
+            agents["smtp"].limiter = ClusterDestinationLimiter(
+                store, s.outbound.per_destination_concurrency,
+                owner=f"{store.node}:{os.getpid()}")
         retry = RetrySchedule(first=s.queue.retry_first, factor=s.queue.retry_factor,
                               max_interval=s.queue.retry_max_interval, max_age=s.queue.max_age)
         return QueueManager(store, Router(directory_getter, s.delivery.discard_domains), agents, retry,
-                            owner=f"{socket.gethostname()}:{os.getpid()}",
+                            owner=f"{getattr(store, 'node', None) or socket.gethostname()}"
+                                  f":{os.getpid()}",
                             concurrency=s.queue.delivery_concurrency,
                             lease_seconds=s.queue.lease_seconds, hostname=s.hostname,
                             delay_warning_after=float(s.queue.delay_warning_after),
-                            dsn_max_original_size=s.queue.dsn_max_original_size)
+                            dsn_max_original_size=s.queue.dsn_max_original_size,
+                            metrics=metrics)
 
     def _on_commit(self, manager):
         if manager is not None:
@@ -300,6 +346,52 @@ class Worker:
             pass
         manager.wake()
 
+    async def _heartbeat(self, store, manager) -> None:
+        from . import __version__
+        from .cluster.heartbeat import run_heartbeat
+        s = self.settings
+
+        def info() -> dict:
+            return {"version": __version__, "pid": os.getpid(), "hostname": s.hostname,
+                    "workers": s.effective_workers, "delivering": len(manager.leased),
+                    "listeners": [f"{spec.name}={spec.address}:{sock.getsockname()[1]}"
+                                  for spec, sock in self.sockets]}
+        await run_heartbeat(store, store.node, float(s.store.heartbeat_interval), info)
+
+    async def _prune_trace(self, store, interval: float = 3600.0) -> None:
+        """Drop message-trace records older than ``[trace] retention_days``, hourly."""
+        keep = self.settings.trace.retention_days * 86400
+        while True:
+            try:
+                removed = await store.prune_trace(time.time() - keep)
+                if removed:
+                    log.info("trace: pruned %d record(s) older than %d days", removed,
+                             self.settings.trace.retention_days)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - housekeeping never stops the server
+                log.exception("trace pruning failed")
+            await asyncio.sleep(interval)
+
+    async def _dmarc_reports(self, store, resolver, manager) -> None:
+        """Queue the DMARC aggregate reports of each ended period (RFC 7489 §7.2)."""
+        from .mailauth.dmarc_reporting import plan_reports, queue_reports
+        s = self.settings
+        interval = s.auth.dmarc_report_interval
+        while True:
+            # a little after each period boundary, so late commits of the period are in
+            now = time.time()
+            await asyncio.sleep(interval - now % interval + min(60.0, interval / 10))
+            try:
+                plans = await plan_reports(store, resolver, **dmarc_report_identity(s),
+                                           interval=interval)
+                if await queue_reports(store, plans, dmarc_report_identity(s)["org_email"]):
+                    manager.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - reports never stop the server
+                log.exception("DMARC aggregate reports failed; retrying next period")
+
     async def _watch_parent(self) -> None:
         parent = os.getppid()
         while True:
@@ -318,13 +410,14 @@ class Worker:
                 if child is None or child.poll() is not None:
                     if child is not None:
                         log.error("worker %s exited with %s; restarting", slot, child.returncode)
-                    self.children[slot] = self._spawn_worker()
+                    self.children[slot] = self._spawn_worker(slot)
             await asyncio.sleep(1.0)
 
-    def _spawn_worker(self) -> subprocess.Popen:
+    def _spawn_worker(self, slot: int = 0) -> subprocess.Popen:
         fds = [sock.fileno() for _, sock in self.sockets]
         args = [sys.executable, "-m", "mailwright.app", "--worker",
-                "--fds", ",".join(map(str, fds)), "--wake-fd", str(self.wake_write_fd)]
+                "--fds", ",".join(map(str, fds)), "--wake-fd", str(self.wake_write_fd),
+                "--slot", str(slot)]
         if self.config_path:
             args += ["--config", self.config_path]
         return subprocess.Popen(args, pass_fds=fds + [self.wake_write_fd])
@@ -352,6 +445,7 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--config")
     parser.add_argument("--fds", required=True)
     parser.add_argument("--wake-fd", type=int)
+    parser.add_argument("--slot", type=int, default=0)
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     logs.setup(settings.log.level, settings.log.format, settings.paths.log_file)
@@ -364,7 +458,7 @@ def _worker_main(argv: list[str]) -> int:
         sock.setblocking(False)
         sockets.append((spec, sock))
     worker = Worker(settings, sockets, primary=False, wake_fd=args.wake_fd,
-                    config_path=args.config)
+                    config_path=args.config, slot=args.slot)
     asyncio.run(worker.run())
     return 0
 

@@ -29,7 +29,8 @@ def server(tmp_path_factory):
 
 def send(server, sender, rcpt, rcpt_params="", mail_params="", body=None,
          before_data=None):
-    body = body or (f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: test to {rcpt}\r\n"
+    author = sender or "MAILER-DAEMON@client.example"      # RFC 5322 §3.6.2: a mailbox
+    body = body or (f"From: <{author}>\r\nTo: <{rcpt}>\r\nSubject: test to {rcpt}\r\n"
                     f"Message-ID: <{time.time_ns()}@client.example>\r\n\r\nHello\r\n")
     c = RawClient(server.host, server.port)
     c.reply()

@@ -19,7 +19,8 @@ def split_delivered(raw: bytes) -> tuple[list[bytes], bytes]:
     """Separate the trace headers Mailwright prepends from the stored message."""
     trace = []
     rest = raw
-    while rest.startswith((b"Return-Path:", b"Delivered-To:", b"Received:")):
+    while rest.startswith((b"Return-Path:", b"Delivered-To:", b"Received:",
+                           b"Authentication-Results: mx.example.test;")):
         end = rest.index(b"\r\n")
         while rest[end + 2:end + 3] in (b" ", b"\t"):
             end = rest.index(b"\r\n", end + 2)
@@ -48,10 +49,15 @@ def test_starttls_delivery_is_byte_identical_with_trace_headers(server):
     got = server.wait_delivered("alice@example.test", before + 1)
     assert len(got) == before + 1
     trace, stored = split_delivered(got[-1])
+    # Above the message as sent: our Authentication-Results (RFC 8601; the loopback DNS
+    # has no records for sender.example: spf=none, no DKIM, no DMARC policy).
+    ar = b" ".join(t for t in trace if t.startswith(b"Authentication-Results"))
+    assert ar.startswith(b"Authentication-Results: mx.example.test;")
+    assert b"spf=none" in ar and b"dkim=none" in ar and b"dmarc=none" in ar
     assert stored == BODY
     assert trace[0] == b"Return-Path: <carol@sender.example>"
     assert trace[1] == b"Delivered-To: alice@example.test"
-    received = b" ".join(trace[2:]).decode()
+    received = b" ".join(t for t in trace[2:] if t.startswith(b"Received")).decode()
     assert "from client.sender.example" in received and "[127.0.0.1]" in received
     assert queue_id in received and "ESMTPS" in received and "TLSv1.3" in received
     # The queue records the recipient as delivered.

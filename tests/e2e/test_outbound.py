@@ -12,7 +12,9 @@ from dnsserver import DNSServer
 from outbound.sink import Sink, free_port
 from support import MailServer
 
-ZONES = {"remote.test": "@ MX 10 mx\nmx A 127.0.0.2\n"}
+# The root zone makes every other name NXDOMAIN (the senders' SPF/DMARC: none).
+ZONES = {"remote.test": "@ MX 10 mx\nmx A 127.0.0.2\n",
+         ".": "@ 300 IN SOA ns.invalid. hostmaster.invalid. 1 3600 600 86400 300\n"}
 
 
 class ThreadedSink:

@@ -27,19 +27,46 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..queue.model import QueuedMessage, RecipientState
-from ..store.base import DuplicateError, Mailbox, NotFoundError, Store
+from ..store.base import DkimKey, DuplicateError, Mailbox, NotFoundError, Store
 from ..smtp.sasl import derive_scram_verifier
 from .passwords import hash_password, verify_password
 
 __all__ = [
     "AdminService", "AdminError", "InvalidInput", "NotFound", "AlreadyExists", "Conflict",
-    "UserInfo", "AliasInfo", "normalise_domain", "normalise_address", "parse_state",
+    "UserInfo", "AliasInfo", "DkimKeyInfo", "normalise_domain", "normalise_address", "parse_state",
     "message_to_dict",
 ]
+
+
+_SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                       r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKeyInfo:
+    """A DKIM key as the operator sees it: never the private key."""
+    domain: str
+    selector: str
+    algorithm: str
+    created_at: float
+    active: bool
+    txt: str            # the TXT value to publish
+    zone_line: str      # the same as a BIND master-file line
+
+    @classmethod
+    def from_key(cls, key: DkimKey) -> "DkimKeyInfo":
+        from ..mailauth.dkim_keys import dns_txt_record, zone_line
+        txt = dns_txt_record(key.private_key.encode("ascii"))
+        return cls(key.domain, key.selector, key.algorithm, key.created_at, key.active, txt,
+                   zone_line(key.domain, key.selector, txt))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class AdminError(Exception):
@@ -457,6 +484,66 @@ class AdminService:
         await self.show_queue(queue_id)
         return await self.store.release(queue_id.strip())
 
+    # ---- DKIM keys (RFC 6376; keys in the store, `mailwright dkim ...`)
+
+    async def dkim_keygen(self, domain: str, selector: str | None = None,
+                          algorithm: str = "rsa", bits: int = 2048,
+                          activate: bool = True, now: float | None = None) -> DkimKeyInfo:
+        """Create a key for a local domain. The new key signs at once unless
+        ``activate`` is false (rotation: publish the record first, then ``dkim_activate``).
+        The default selector is ``<yyyymm><r|e>``, e.g. "202611r"."""
+        from ..mailauth.dkim_keys import generate_key
+        name = normalise_domain(domain)
+        if name not in await self.store.list_domains():
+            raise NotFound(f"domain {name} is not a local domain")
+        algo = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}.get(algorithm.lower())
+        if algo is None:
+            raise InvalidInput(f"algorithm must be rsa or ed25519, got {algorithm!r}")
+        now = time.time() if now is None else now
+        if selector is None:
+            selector = time.strftime("%Y%m", time.gmtime(now)) + algo[0]
+        selector = selector.strip().lower()
+        if not _SELECTOR.match(selector):
+            raise InvalidInput(f"invalid selector {selector!r}: letters, digits, '-' and "
+                               "'.' between labels (RFC 6376 §3.1)")
+        try:
+            pem = await asyncio.to_thread(generate_key, algorithm.lower(), bits)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        key = DkimKey(name, selector, algo, pem.decode("ascii"), now, activate)
+        try:
+            await self.store.add_dkim_key(key)
+        except DuplicateError:
+            raise AlreadyExists(f"selector {selector} already exists for {name}") from None
+        return DkimKeyInfo.from_key(key)
+
+    async def list_dkim_keys(self, domain: str | None = None) -> list[DkimKeyInfo]:
+        keys = await self.store.list_dkim_keys(normalise_domain(domain) if domain else None)
+        return [DkimKeyInfo.from_key(k) for k in keys]
+
+    async def dkim_activate(self, domain: str, selector: str) -> str:
+        name = normalise_domain(domain)
+        if not await self.store.activate_dkim_key(name, selector.strip().lower()):
+            raise NotFound(f"no DKIM key {selector} for {name}")
+        return name
+
+    async def dkim_remove(self, domain: str, selector: str) -> str:
+        name = normalise_domain(domain)
+        if not await self.store.remove_dkim_key(name, selector.strip().lower()):
+            raise NotFound(f"no DKIM key {selector} for {name}")
+        return name
+
+    async def dkim_keys(self, domain: str) -> list[tuple[str, str]]:
+        """(selector, TXT value) of every key of ``domain``, for the DNS doctor."""
+        return [(k.selector, k.txt) for k in await self.list_dkim_keys(domain)]
+
     async def delete_message(self, queue_id: str) -> None:
         if not await self.store.delete_message(queue_id.strip()):
             raise NotFound(f"message {queue_id} is not in the queue")
+
+    def queue_ops(self, *, user: str | None = None,
+                  wake: "Callable[[], bool] | None" = None) -> "QueueOps":
+        """Filtered, audited queue actions (admin/queue_ops.py) on behalf of ``user``
+        (default: the OS user); ``wake`` pokes a running server after a change."""
+        from .queue_ops import QueueOps
+        return QueueOps(self.store, user=user, wake=wake)

@@ -13,9 +13,17 @@ mailwright.cli.main``). Commands::
     mailwright [-c FILE] user grant LOGIN ADDRESS | user revoke LOGIN ADDRESS
     mailwright [-c FILE] user grants LOGIN [--json]
     mailwright [-c FILE] alias add SOURCE TARGET... | alias list [--json] | alias remove SOURCE
-    mailwright [-c FILE] queue list [--state S] [--json] | queue show ID [--json]
-    mailwright [-c FILE] queue hold|release|delete ID
+    mailwright [-c FILE] queue list|show|hold|release|retry|delete|flush|audit ...  (cli/queue.py)
+    mailwright [-c FILE] policy test --ip IP --helo NAME --from S --to R... FILE [--json]
+                                                                      (cli/policy.py)
+    mailwright [-c FILE] trace QUEUE-ID|MESSAGE-ID|ADDRESS [--since D] [--json] (cli/trace.py)
+    mailwright [-c FILE] dkim keygen|list|activate|remove ...          (cli/dkim.py)
+    mailwright [-c FILE] dmarc report [--dry-run] [--json]             (cli/dmarc.py)
+    mailwright [-c FILE] dns records|check DOMAIN [--ip IP]... [--json] (cli/dns.py)
+    mailwright [-c FILE] diag smtp HOST[:PORT] [--starttls|--tls] [--auth USER]
+                         [--send FROM TO] [--json]                    (cli/diag.py)
     mailwright [-c FILE] sendmail [sendmail options] [RECIPIENT...]   (cli/sendmail.py)
+    mailwright [-c FILE] cluster status | db migrate | mailbox list|show  (cli/cluster.py)
     mailwright --version
 
 How: a thin face over ``admin.service.AdminService`` (GUIDE idea 15). Admin commands load
@@ -155,19 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub(al, "list", "list aliases", cmd_alias_list, json_flag=True)
     sub(al, "remove", "remove an alias", cmd_alias_remove).add_argument("source")
 
-    qu = group("queue", "the mail queue")
-    ls = sub(qu, "list", "list queued messages", cmd_queue_list, json_flag=True)
-    ls.add_argument("--state", choices=["queued", "delivered", "failed", "held"],
-                    help="only messages with a recipient in this state")
-    ls.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
-    sub(qu, "show", "show one message and its recipients", cmd_queue_show,
-        json_flag=True).add_argument("queue_id", metavar="ID")
-    sub(qu, "hold", "hold a message's queued recipients", cmd_queue_hold
-        ).add_argument("queue_id", metavar="ID")
-    sub(qu, "release", "release held recipients for delivery now", cmd_queue_release
-        ).add_argument("queue_id", metavar="ID")
-    sub(qu, "delete", "delete a message from the queue (no bounce)", cmd_queue_delete
-        ).add_argument("queue_id", metavar="ID")
+    from . import diag as diag_cli, dkim as dkim_cli, dns as dns_cli, trace as trace_cli
+    from . import policy as policy_cli, queue as queue_cli
+    queue_cli.register(group, sub)
+    policy_cli.register(group, sub)
+    from . import dmarc as dmarc_cli
+    trace_cli.register(cmds, common, as_json)
+    dkim_cli.register(group, sub)
+    dmarc_cli.register(group, sub)
+    diag_cli.register(cmds, common, as_json)
+    dns_cli.register(cmds, common, as_json)
+    from . import cluster as cluster_cli
+    cluster_cli.register(group, sub)
     return p
 
 
@@ -381,84 +388,13 @@ async def cmd_alias_remove(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _states(msg: Any) -> str:
-    counts: dict[str, int] = {}
-    for r in msg.recipients:
-        counts[r.state.value] = counts.get(r.state.value, 0) + 1
-    return ",".join(f"{k}:{v}" for k, v in sorted(counts.items()))
-
-
-async def cmd_queue_list(ctx: Context) -> int:
-    from ..admin.service import message_to_dict
-    msgs = await ctx.service.list_queue(ctx.args.state, ctx.args.limit)
-    if ctx.args.json:
-        ctx.json([message_to_dict(m) for m in msgs])
-        return EXIT_OK
-    if not msgs:
-        ctx.print("queue is empty" if ctx.args.state is None
-                  else f"no messages with {ctx.args.state} recipients")
-        return EXIT_OK
-    rows = []
-    for m in msgs:
-        rows.append((m.queue_id, when(m.envelope.received_at), m.envelope.size,
-                     m.envelope.sender or "<>", len(m.recipients), _states(m)))
-    ctx.print(table(rows, ("QUEUE-ID", "RECEIVED", "SIZE", "SENDER", "RCPTS", "STATES")))
-    ctx.print(f"-- {len(msgs)} message(s)")
-    return EXIT_OK
-
-
-async def cmd_queue_show(ctx: Context) -> int:
-    from ..admin.service import message_to_dict
-    m = await ctx.service.show_queue(ctx.args.queue_id)
-    if ctx.args.json:
-        ctx.json(message_to_dict(m))
-        return EXIT_OK
-    e = m.envelope
-    info = [("queue id", m.queue_id), ("received", when(e.received_at)),
-            ("sender", e.sender or "<>"), ("size", e.size),
-            ("client", f"{e.client_name or '-'} [{e.client_ip}]:{e.client_port}"),
-            ("helo", e.helo or "-"), ("protocol", e.protocol), ("tls", e.tls or "-"),
-            ("auth user", e.auth_user or "-"), ("listener", e.listener),
-            ("body", e.body_type + (" SMTPUTF8" if e.smtputf8 else ""))]
-    width = max(len(k) for k, _ in info)
-    for k, v in info:
-        ctx.print(f"{k.ljust(width)}  {v}")
-    ctx.print("")
-    ctx.print(table([(r.address, r.state.value, r.attempts,
-                      when(r.next_attempt_at) if r.state.value == "queued" else "-",
-                      r.last_reply or "-") for r in m.recipients],
-                    ("RECIPIENT", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "LAST REPLY")))
-    return EXIT_OK
-
-
-async def cmd_queue_hold(ctx: Context) -> int:
-    n = await ctx.service.hold_message(ctx.args.queue_id)
-    ctx.print(f"held {n} recipient(s) of {ctx.args.queue_id}")
-    return EXIT_OK
-
-
-async def cmd_queue_release(ctx: Context) -> int:
-    n = await ctx.service.release_message(ctx.args.queue_id)
-    ctx.print(f"released {n} recipient(s) of {ctx.args.queue_id}")
-    return EXIT_OK
-
-
-async def cmd_queue_delete(ctx: Context) -> int:
-    await ctx.service.delete_message(ctx.args.queue_id)
-    ctx.print(f"deleted {ctx.args.queue_id}")
-    return EXIT_OK
-
-
 # --------------------------------------------------------------------------- running
 
 def open_settings_store(settings: Settings) -> Any:
-    """The (unopened) store the settings name: the same files the server uses."""
-    from ..store import open_store
-    paths = settings.paths
-    paths.store_db.parent.mkdir(parents=True, exist_ok=True)
-    paths.blob_dir.mkdir(parents=True, exist_ok=True)
-    return open_store(settings.store.backend, path=str(paths.store_db),
-                      blob_dir=str(paths.blob_dir))
+    """The (unopened) store the settings name: the same files or database the server
+    uses (cluster/node.py)."""
+    from ..cluster.node import open_settings_store as _open
+    return _open(settings)
 
 
 async def _run_admin(handler: Callable[[Context], Awaitable[int]], args: argparse.Namespace,

@@ -213,7 +213,8 @@ class OutboundSettings:
                                         "BDAT LAST (RFC 5321 §4.5.3.2.6).")
     per_destination_concurrency: int = _key(20, conv=_pos_int,
                                             doc="Deliveries in progress at once per "
-                                                "destination domain.")
+                                                "destination domain (cluster-wide on "
+                                                "PostgreSQL).")
     max_messages_per_connection: int = _key(100, conv=_pos_int,
                                             doc="Messages sent over one connection before "
                                                 "it is closed.")

@@ -306,11 +306,23 @@ class DeliverySettings:
         (), conv=_domain_list,
         doc="Local domains whose accepted mail is discarded instead of delivered "
             "(Postfix's discard transport): sinks and load tests.")
+    mailbox_store: str = _key("maildir", conv=_choice("maildir", "postgres"),
+                              doc="Where local mailboxes live: 'maildir' (files under "
+                                  "maildir_root) or 'postgres' (the store's database, "
+                                  "shared by every node; needs store.backend = 'postgres').")
+
+
+def _pg_schema(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise _Bad(f"expected a lower-case SQL identifier, got {_show(value)}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    backend: str = _key("sqlite", conv=_choice("sqlite"), doc="Storage backend: 'sqlite'.")
+    backend: str = _key("sqlite", conv=_choice("sqlite", "postgres"),
+                        doc="Storage backend: 'sqlite' (embedded, one node) or 'postgres' "
+                            "(several nodes sharing one database).")
     path: str = _key("mailwright.db", conv=_nonempty_str,
                      doc="SQLite database file; relative to data_dir.")
     blob_dir: str = _key("queue", conv=_nonempty_str,
@@ -319,6 +331,21 @@ class StoreSettings:
                             doc="How a commit is made durable: 'fsync' each body, directory "
                                 "and the WAL, or one 'syncfs' of the file system per batch; "
                                 "'auto' = syncfs on Linux, else fsync.")
+    # -- backend "postgres" (the cluster; store/postgres.py)
+    dsn: str = _key("postgresql://localhost:5432/mailwright", conv=_nonempty_str,
+                    doc="postgres: libpq connection URI of the shared database.")
+    schema: str = _key("mailwright", conv=_pg_schema,
+                       doc="postgres: schema holding Mailwright's tables (created if missing).")
+    node: str = _key("", conv=_str,
+                     doc="postgres: this node's name in leases and heartbeats; empty = the "
+                         "machine's host name. Unique per node.")
+    cache_dir: str = _key("body-cache", conv=_nonempty_str,
+                          doc="postgres: this node's local copies of message bodies; "
+                              "relative to data_dir.")
+    pool_size: int = _key(10, conv=_pos_int, doc="postgres: connections per process.")
+    heartbeat_interval: int = _key(10, conv=_pos_int,
+                                   doc="postgres: seconds between a node's heartbeats "
+                                       "(`mailwright cluster status`).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +379,10 @@ class LogSettings:
 
 from .submission import SubmissionSettings  # noqa: E402  (it imports the helpers above)
 from .outbound import OutboundSettings  # noqa: E402  (same)
+from .mailauth import AuthSettings  # noqa: E402  (same)
+from .trace import TraceSettings  # noqa: E402  (same)
+from .antiabuse import AntiAbuseSettings  # noqa: E402  (same)
+from .metrics import MetricsSettings  # noqa: E402  (same)
 
 
 @functools.lru_cache(maxsize=1)
@@ -412,6 +443,10 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    trace: TraceSettings = field(default_factory=TraceSettings)
+    antiabuse: AntiAbuseSettings = field(default_factory=AntiAbuseSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: str = field(default=DEFAULT_SOURCE, compare=False)  # file loaded (not a key)
 
     def __post_init__(self) -> None:
@@ -454,6 +489,9 @@ _SECTIONS: dict[str, type] = {
     "tls": TLSSettings, "limits": LimitsSettings, "queue": QueueSettings,
     "delivery": DeliverySettings, "store": StoreSettings, "relay": RelaySettings,
     "log": LogSettings, "submission": SubmissionSettings, "outbound": OutboundSettings,
+    "auth": AuthSettings, "trace": TraceSettings,
+    "antiabuse": AntiAbuseSettings,
+    "metrics": MetricsSettings,
 }
 _TOP_SCALARS = ("hostname", "data_dir", "workers", "local_domains")
 
@@ -628,6 +666,10 @@ def parse_settings(data: Mapping[str, Any], source: str = DEFAULT_SOURCE,
         out.error("queue.retry_max_interval",
                   f"must be >= queue.retry_first ({queue.retry_first}), "
                   f"got {queue.retry_max_interval}")
+    delivery, store = kwargs.get("delivery"), kwargs.get("store")
+    if delivery is not None and delivery.mailbox_store == "postgres" \
+            and (store.backend if store is not None else "sqlite") != "postgres":
+        out.error("delivery.mailbox_store", "'postgres' needs store.backend = 'postgres'")
     submission = kwargs.get("submission")
     for key, problem in submission.check() if submission is not None else ():
         out.error(f"submission.{key}", problem)

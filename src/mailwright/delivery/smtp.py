@@ -48,7 +48,7 @@ import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Collection, Protocol, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Collection, Protocol, Sequence
 
 from ..config.outbound import NextHop, OutboundRoute, OutboundSettings, parse_next_hop
 from ..net.dns import DNSPermanentError, DNSTemporaryError, Resolver
@@ -151,8 +151,16 @@ class SmtpAgent:
                  local_domains: Collection[str] | Callable[[str], bool] = (),
                  pool: ConnectionPool | None = None,
                  limiter: DestinationLimiter | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 signer: Callable[[QueuedMessage, str], Awaitable[bytes]] | None = None,
+                 sender_rewriter: Callable[[str], str] | None = None
+                 ) -> None:
         self.settings = settings
+        #: the MAIL FROM actually sent (BATV tags, policy/backscatter.py); the queue,
+        #: the header and DSNs keep ``env.sender``
+        self.sender_rewriter = sender_rewriter
+        #: DKIM signatures / ARC set to put above the message (delivery/signing.py)
+        self.signer = signer
         self.helo_name = settings.helo_name or hostname
         self.hostname = hostname
         self.resolver = resolver
@@ -182,19 +190,22 @@ class SmtpAgent:
         for task in tasks:
             dest = (task.route.next_hop or _domain_of(task.route.address)).lower().rstrip(".")
             groups[dest].append(task)
+        added = await self.signer(message, body_path) if self.signer is not None else b""
         outcomes = await asyncio.gather(
-            *(self._guarded(message, body_path, dest, group) for dest, group in groups.items()))
+            *(self._guarded(message, body_path, dest, group, added)
+              for dest, group in groups.items()))
         by_id = {r.recipient_id: r for results in outcomes for r in results}
         return [by_id[t.recipient.id] for t in tasks]
 
     async def _guarded(self, message: QueuedMessage, body_path: str, dest: str,
-                       tasks: list[DeliveryTask]) -> list[DeliveryResult]:
+                       tasks: list[DeliveryTask], added: bytes = b"") -> list[DeliveryResult]:
         try:
             if self._is_local(dest):
                 log.error("%s: local domain %s routed to SMTP", message.queue_id, dest)
                 return _all(tasks, LOCAL_DOMAIN_REPLY, False)
             async with self.limiter.hold(dest):
-                return await self._deliver_destination(message, body_path, dest, tasks)
+                return await self._deliver_destination(message, body_path, dest, tasks,
+                                                       added)
         except _Fail as f:
             return _all(tasks, f.reply, f.permanent, f.where)
         except Exception:  # noqa: BLE001 - unknown errors are temporary
@@ -203,7 +214,8 @@ class SmtpAgent:
 
     # ------------------------------------------------------------------ one destination
     async def _deliver_destination(self, message: QueuedMessage, body_path: str, dest: str,
-                                   tasks: list[DeliveryTask]) -> list[DeliveryResult]:
+                                   tasks: list[DeliveryTask], added: bytes = b""
+                                   ) -> list[DeliveryResult]:
         route = self.settings.route_for(dest)
         policy = TlsPolicy(mode=route.tls if route else "opportunistic",
                            verify=bool(route and route.tls_verify),
@@ -237,7 +249,7 @@ class SmtpAgent:
                 continue
             try:
                 results = await self._transaction(message, body_path, size, needs_utf8,
-                                                  session, tasks)
+                                                  session, tasks, added)
             finally:
                 self.pool.release(key, session)
             if results is not None:
@@ -352,7 +364,8 @@ class SmtpAgent:
     # ------------------------------------------------------------------ the transaction
     async def _transaction(self, message: QueuedMessage, body_path: str, size: int,
                            needs_utf8: bool, session: ClientSession,
-                           tasks: list[DeliveryTask]) -> list[DeliveryResult] | None:
+                           tasks: list[DeliveryTask], added: bytes = b""
+                           ) -> list[DeliveryResult] | None:
         """Results, or None when the session broke before MAIL was answered (try the
         next address)."""
         caps = session.core.capabilities
@@ -362,7 +375,7 @@ class SmtpAgent:
         # content. "for" names the recipient only when this copy has just one (§7.2).
         trace = received_header(env, queue_id=message.queue_id, hostname=self.hostname,
                                 recipient=tasks[0].route.address if len(tasks) == 1 else None
-                                ).encode("utf-8")
+                                ).encode("utf-8") + added
         size += len(trace)
         if needs_utf8 and not caps.has("SMTPUTF8"):
             return _all(tasks, SMTPUTF8_REPLY, True, where)      # RFC 6531 §3.2
@@ -393,8 +406,9 @@ class SmtpAgent:
                     if addr:
                         params.append(f"ORCPT={addr_type};{xtext(addr)}")
             rcpts.append((task.route.address, params))
+        sender = self.sender_rewriter(env.sender) if self.sender_rewriter else env.sender
         outcome = await session.send_message(
-            env.sender, mail_params, rcpts, _read_body(body_path, trace),
+            sender, mail_params, rcpts, _read_body(body_path, trace),
             use_bdat=caps.has("CHUNKING"))
         if outcome.mail is None:
             return None
@@ -476,9 +490,13 @@ async def _read_body(path: str, prefix: bytes = b"") -> AsyncIterator[bytes]:
 
 def build_smtp_agent(settings: OutboundSettings, *, hostname: str,
                      local_domains: Collection[str] | Callable[[str], bool] = (),
-                     resolver: MXResolver | None = None) -> SmtpAgent:
+                     resolver: MXResolver | None = None,
+                     signer: Callable[[QueuedMessage, str], Awaitable[bytes]] | None = None,
+                     sender_rewriter: Callable[[str], str] | None = None
+                     ) -> SmtpAgent:
     """The explicit factory the app wires into the queue manager (GUIDE idea 11)."""
     if resolver is None:
         resolver = Resolver(list(settings.nameservers) or None, timeout=settings.dns_timeout)
     return SmtpAgent(settings, hostname=hostname, resolver=resolver,
-                     local_domains=local_domains)
+                     local_domains=local_domains, signer=signer,
+                     sender_rewriter=sender_rewriter)

@@ -36,6 +36,7 @@ from ..smtp import catalog
 from ..smtp.replies import Reply
 from ..smtp.sasl import ScramVerifier
 from ..smtp.server import ServerConfig
+from ..metrics.mail import MailMetrics
 from ..store.base import Store
 from .session import SmtpSession
 
@@ -95,8 +96,12 @@ class IntakeServer:
                  handshake_timeout: float = 30.0,
                  submission: SubmissionSettings | None = None,
                  checks: dict[str, list] | None = None,
-                 header_filters: list[Callable[[bytes], bytes]] | None = None) -> None:
+                 header_filters: list[Callable[[bytes], bytes]] | None = None,
+                 trace: bool = True, metrics: MailMetrics | None = None,
+                 recipient_rewriter: Callable | None = None) -> None:
         self.hostname = hostname
+        #: (Address, Directory) -> (Address to resolve, trace note | None); BATV tags
+        self.recipient_rewriter = recipient_rewriter
         self.store = store
         self.directory = directory
         self.limits = limits
@@ -107,9 +112,17 @@ class IntakeServer:
         self.pipeline = Pipeline(
             connect=extra.get("connect", ()), helo=extra.get("helo", ()),
             mail=extra.get("mail", ()),
-            rcpt=[self.relay, RecipientCheck(), *extra.get("rcpt", ())],
+            # relay first (GUIDE idea 8); checks marked ``early`` (the directory-harvest
+            # guard counts unknown recipients) before the recipient check refuses them.
+            rcpt=[self.relay,
+                  *(c for c in extra.get("rcpt", ()) if getattr(c, "early", False)),
+                  RecipientCheck(),
+                  *(c for c in extra.get("rcpt", ()) if not getattr(c, "early", False))],
             data=extra.get("data", ()))
         self.header_filters = list(header_filters or ())
+        self.metrics = metrics if metrics is not None else MailMetrics()   # metrics/mail.py
+        #: record transaction outcomes for `mailwright trace` (store.record_trace)
+        self.trace = trace and hasattr(store, "record_trace")
         self.on_commit = on_commit
         self.submission = submission or SubmissionSettings()
         self.auth_limiter = AuthLimiter.from_settings(self.submission)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,7 @@ from ..smtp import catalog
 from ..smtp import events as ev
 from ..smtp import sasl
 from ..smtp.server import ServerConnection
-from ..store.base import StoreError
+from ..store.base import StoreError, TraceEvent
 from .tls import describe
 
 if TYPE_CHECKING:
@@ -59,6 +60,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailwright.smtpd")
 
 _session_counter = 0
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,500}>)", re.I | re.M)
+
+
+def _verdict_dict(v: Verdict) -> dict:
+    return {"check": v.check, "action": v.action.value, "reason": v.reason,
+            **({"reply": str(v.reply)} if v.reply is not None else {})}
+
+
+def _trace_done(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("trace event not recorded: %r", task.exception())
 _MAX_HELD = 256 * 1024      # pipelined bytes buffered during a commit before pausing reads
 
 
@@ -104,6 +116,7 @@ class SmtpSession(asyncio.Protocol):
         if ip.startswith("::ffff:"):
             ip = ip[7:]
         refusal = self.server.register(ip)
+        self.server.metrics.connection_opened(self.listener.name, refused=refusal is not None)
         if refusal is not None:
             transport.write(refusal.to_bytes())
             transport.close()
@@ -124,7 +137,7 @@ class SmtpSession(asyncio.Protocol):
             self._flush()
         self._arm_timer()
         log.debug("connect sid=%s client=%s:%s listener=%s", self.sid, ip, port,
-                  self.listener.name)
+                  self.listener.name, extra={"sid": self.sid})
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -158,8 +171,12 @@ class SmtpSession(asyncio.Protocol):
             # A commit in progress is left to finish: the message may become queued even
             # though the client never saw the 250 (it will retry: a duplicate, never a loss).
             pass
+        elif self.txn.facts.get("refused") and not self.txn.facts.get("traced"):
+            self._trace("rejected", step="rcpt")
         self._discard_blob()
         if self._registered:
+            self.server.metrics.session_closed(self.listener.name,
+                                               bool(self.info and self.info.tls))
             self.server.unregister(self.info.client_ip if self.info else "")
             self._registered = False
 
@@ -227,6 +244,7 @@ class SmtpSession(asyncio.Protocol):
             return True
         elif t is ev.BodyRejected:
             self._discard_blob()
+            self.server.metrics.refused(self.listener.name, "framing", temporary=False)
             log.info("reject sid=%s client=%s reason=%s", self.sid, self.info.client_ip,
                      event.reason)
         elif t is ev.Hello:
@@ -285,7 +303,10 @@ class SmtpSession(asyncio.Protocol):
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             log.info("reject sid=%s client=%s step=connect check=%s reason=%s", self.sid,
                      self.info.client_ip, verdict.check, verdict.reason)
-            self.conn.greeting(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+            reply = verdict.reply or catalog.TEMP_LOCAL_ERROR
+            self.server.metrics.verdict(self.listener.name, verdict, reply)
+            self.conn.greeting(reply)
+            self._trace("refused", reply=reply, step="connect")
             return
         self.conn.greeting()
 
@@ -295,6 +316,8 @@ class SmtpSession(asyncio.Protocol):
             log.info("reject sid=%s client=%s helo=%s check=%s reason=%s", self.sid,
                      self.info.client_ip, self.info.helo[:100], verdict.check, verdict.reason)
             self.info.helo = ""
+            self.server.metrics.verdict(self.listener.name, verdict,
+                                        verdict.reply or catalog.TEMP_LOCAL_ERROR)
             self.conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
             return
         self.conn.respond(verdict.reply if verdict.action is Action.ACCEPT
@@ -306,9 +329,12 @@ class SmtpSession(asyncio.Protocol):
             log.info("reject sid=%s client=%s from=<%s> check=%s reason=%s", self.sid,
                      self.info.client_ip, sanitize_address(self.txn.sender), verdict.check,
                      verdict.reason)
+            reply = verdict.reply or catalog.TEMP_LOCAL_ERROR
+            self.server.metrics.verdict(self.listener.name, verdict, reply)
+            self._trace("rejected", reply=reply, step="mail")
             self._mail = None
             self.txn = TransactionInfo()
-            self.conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+            self.conn.respond(reply)
             return
         self.conn.respond(None)
 
@@ -332,7 +358,14 @@ class SmtpSession(asyncio.Protocol):
     def _on_rcpt(self, event: ev.RcptTo) -> bool:
         directory = self.server.directory
         addr = event.address
-        resolution = directory.resolve(addr.local, addr.domain)
+        target = addr
+        if self.server.recipient_rewriter is not None:
+            # BATV (policy/backscatter.py): resolve prvs=...=user@d as user@d; checks
+            # still see the address as given, the trace gets the note.
+            target, note = self.server.recipient_rewriter(addr, directory)
+            if note:
+                self.txn.facts.setdefault("rewritten", {})[str(addr)] = note
+        resolution = directory.resolve(target.local, target.domain)
         verdict = self.server.pipeline.check_rcpt_sync(self.info, self.txn, addr, resolution)
         if verdict is None:
             self._start(self._rcpt_async(event, resolution))
@@ -350,8 +383,13 @@ class SmtpSession(asyncio.Protocol):
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             log.info("reject sid=%s client=%s from=<%s> rcpt=<%s> check=%s reason=%s",
                      self.sid, self.info.client_ip, self.txn.sender, event.address,
-                     verdict.check, verdict.reason)
-            conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+                     verdict.check, verdict.reason, extra={"sid": self.sid})
+            reply = verdict.reply or catalog.TEMP_LOCAL_ERROR
+            self.server.metrics.verdict(self.listener.name, verdict, reply)
+            self.txn.facts.setdefault("refused", []).append(
+                {"rcpt": str(event.address), "reply": str(reply), "check": verdict.check,
+                 "reason": verdict.reason})
+            conn.respond(reply)
             return
         given = str(event.address)
         if resolution.kind is Kind.REMOTE:
@@ -368,6 +406,8 @@ class SmtpSession(asyncio.Protocol):
             rec_orcpt = orcpt or (f"rfc822;{given}" if target.lower() != given.lower() else None)
             self._envelope_rcpts.append(RecipientRequest(target, event.params.notify, rec_orcpt))
         self.txn.recipients.append(given)
+        self.txn.facts.setdefault("routes", []).append(
+            {"rcpt": given, "kind": resolution.kind.value, "targets": list(targets)})
         conn.respond(verdict.reply if verdict.action is Action.ACCEPT else None)
 
     def _write_body(self, data: bytes) -> None:
@@ -415,6 +455,7 @@ class SmtpSession(asyncio.Protocol):
         if header.received > self.server.limits.max_received_headers:
             log.info("reject sid=%s client=%s from=<%s> reason=loop received=%d", self.sid,
                      self.info.client_ip, self.txn.sender, header.received)
+            self.server.metrics.refused(self.listener.name, "loop", temporary=False)
             return catalog.MAIL_LOOP
         if self.listener.submission and self.info.auth_user:
             verdict = self.server.sender_auth.check_header_from(
@@ -424,6 +465,7 @@ class SmtpSession(asyncio.Protocol):
                 log.info("reject sid=%s client=%s user=%s check=%s reason=%s", self.sid,
                          self.info.client_ip, self.info.auth_user, verdict.check,
                          verdict.reason)
+                self.server.metrics.verdict(self.listener.name, verdict)
                 return verdict.reply
         return None
 
@@ -457,6 +499,7 @@ class SmtpSession(asyncio.Protocol):
             log.info("reject sid=%s client=%s user=%s from=<%s> check=%s", self.sid,
                      info.client_ip, info.auth_user, sanitize_address(str(event.address)),
                      verdict.check)
+            self.server.metrics.verdict(self.listener.name, verdict)
             return verdict.reply
         return None
 
@@ -505,7 +548,7 @@ class SmtpSession(asyncio.Protocol):
                 self._grants = await server.send_as_grants(login)
                 info.auth_user = login
                 log.info("auth ok sid=%s client=%s user=%s mech=%s", self.sid, ip,
-                         sanitize_address(login), mech.name)
+                         sanitize_address(login), mech.name, extra={"sid": self.sid})
                 conn.respond(catalog.AUTH_OK)
                 return
             else:  # Failure
@@ -514,7 +557,7 @@ class SmtpSession(asyncio.Protocol):
                 delay = limiter.record_failure(ip, account, self.loop.time())
                 log.warning("auth failed sid=%s client=%s user=%s mech=%s reason=%s",
                             self.sid, ip, sanitize_address(account)[:100] or "-", mech.name,
-                            outcome.reason)
+                            outcome.reason, extra={"sid": self.sid})
                 if delay > 0:
                     await asyncio.sleep(delay)
                 conn.respond(catalog.AUTH_FAILED)
@@ -533,6 +576,7 @@ class SmtpSession(asyncio.Protocol):
             if blob is not None:
                 blob.abort()
             log.error("session %s: body could not be stored: %r", self.sid, self._blob_error)
+            self.server.metrics.refused(self.listener.name, "storage", temporary=True)
             conn.respond(catalog.INSUFFICIENT_STORAGE)
             self._reset_transaction()
             return
@@ -548,7 +592,10 @@ class SmtpSession(asyncio.Protocol):
                 log.info("reject sid=%s client=%s from=<%s> step=data check=%s reason=%s",
                          self.sid, self.info.client_ip, sanitize_address(self.txn.sender),
                          verdict.check, verdict.reason)
-                conn.respond(verdict.reply or catalog.TEMP_LOCAL_ERROR)
+                reply = verdict.reply or catalog.TEMP_LOCAL_ERROR
+                self.server.metrics.verdict(self.listener.name, verdict, reply)
+                self._trace("rejected", reply=reply, step="data")
+                conn.respond(reply)
                 self._reset_transaction()
                 return
         mail = self._mail
@@ -572,18 +619,24 @@ class SmtpSession(asyncio.Protocol):
             size=blob.size,
             listener=self.listener.name,
         )
+        commit_started = time.monotonic()
         try:
             queue_id = await self.server.store.commit_message(envelope, blob)
         except (StoreError, OSError) as exc:
             log.error("session %s: commit failed: %r", self.sid, exc)
+            self.server.metrics.refused(self.listener.name, "store", temporary=True)
             conn.respond(catalog.TEMP_LOCAL_ERROR)
             self._reset_transaction()
             return
         conn.respond(catalog.queued(queue_id))
+        self.server.metrics.accepted(self.listener.name, time.monotonic() - commit_started)
+        self._trace("accepted", queue_id=queue_id, size=envelope.size,
+                    recipients=[r.address for r in envelope.recipients])
         log.info("accepted sid=%s id=%s client=%s from=<%s> rcpts=%d size=%d tls=%s%s",
                  self.sid, queue_id, info.client_ip, envelope.sender,
                  len(envelope.recipients), envelope.size, "yes" if info.tls else "no",
-                 f" user={sanitize_address(info.auth_user)}" if info.auth_user else "")
+                 f" user={sanitize_address(info.auth_user)}" if info.auth_user else "",
+                 extra={"sid": self.sid, "id": queue_id})
         self._reset_transaction()
         self.server.message_committed(queue_id)
 
@@ -620,12 +673,49 @@ class SmtpSession(asyncio.Protocol):
     # ------------------------------------------------------------ helpers
 
     def _reset_transaction(self) -> None:
+        if self.txn.facts.get("refused") and not self.txn.facts.get("traced"):
+            self._trace("rejected", step="rcpt")       # refused recipients, nothing sent
         self._discard_blob()
         self._capture = None
         self._mail = None
         self._envelope_rcpts = []
         self._rcpt_seen = set()
         self.txn = TransactionInfo()
+
+    def _trace(self, kind: str, *, queue_id: str = "", reply=None, step: str = "",
+               size: int = 0, recipients: list[str] | None = None) -> None:
+        """Record the transaction's outcome in the message trace (issue 5): fire and
+        forget, it never delays or fails the session."""
+        if not self.server.trace or self.info is None:
+            return
+        record = self.server.store.record_trace
+        info, txn = self.info, self.txn
+        txn.facts["traced"] = True
+        data = {"listener": info.listener, "port": info.client_port, "helo": info.helo,
+                "tls": info.tls, "auth_user": info.auth_user,
+                "verdicts": [_verdict_dict(v) for v in (*info.verdicts, *txn.verdicts)]}
+        for key in ("routes", "refused", "quarantine", "rewritten"):
+            if txn.facts.get(key):
+                data[key] = txn.facts[key]
+        if reply is not None:
+            data["reply"] = str(reply)
+        if step:
+            data["step"] = step
+        if size:
+            data["size"] = size
+        message_id = ""
+        capture = self._capture
+        if capture is not None and capture.header:
+            m = _MESSAGE_ID.search(capture.header)
+            if m:
+                message_id = m.group(1).decode("utf-8", "replace")[:500]
+        if recipients is None:
+            recipients = list(txn.recipients)
+        recipients += [r["rcpt"] for r in txn.facts.get("refused", ())]
+        event = TraceEvent(time.time(), kind, self.sid, queue_id, message_id, txn.sender,
+                           tuple(recipients), info.client_ip, data)
+        task = self.loop.create_task(record([event]))
+        task.add_done_callback(_trace_done)
 
     def _discard_blob(self) -> None:
         if self._blob is not None:

@@ -33,6 +33,28 @@ class PolicySet:
 def build_checks(settings: Any, *, resolver: Any, store: Any, hostname: str) -> PolicySet:
     policy = PolicySet()
     # 1. anti-abuse (issue 7): connect/helo/mail/rcpt/data checks.
+    from .antiabuse import build_antiabuse, policy_state
+    policy.extend(build_antiabuse(settings, resolver=resolver, state=policy_state(settings),
+                                  hostname=hostname))
     # 2. email authentication (issue 4): SPF at MAIL, DKIM/ARC/DMARC at end of data, then
     #    the Authentication-Results field.
+    auth = settings.auth
+    if auth.enabled:
+        from .authentication import (
+            ArcStage, AuthResultsStage, DkimStage, DmarcStage, SpfStage,
+        )
+        authserv_id = auth.authserv_id or hostname
+        policy.checks["mail"].append(SpfStage(auth, resolver, hostname))
+        policy.checks["data"].append(DkimStage(auth, resolver))
+        if auth.arc:
+            policy.checks["data"].append(ArcStage(auth, resolver))
+        if auth.dmarc:
+            recorder = None
+            if auth.dmarc_reports:
+                from ..mailauth.dmarc_reporting import DmarcRecorder
+                recorder = DmarcRecorder(store)
+            policy.checks["data"].append(DmarcStage(auth, resolver, recorder))
+        writer = AuthResultsStage(authserv_id)
+        policy.checks["data"].append(writer)
+        policy.header_filters.append(writer.filter_header)
     return policy

@@ -23,6 +23,12 @@ How, per pass (``run_once``):
 Between passes the loop sleeps until ``store.next_due_time()`` (capped by ``idle_interval``)
 or until ``wake()`` — intake calls it after a commit so local delivery is immediate.
 
+Cluster stores (PostgreSQL; each hook is used only when the store has it): the sleep also
+ends when any node commits or releases work (``store.wait_for_work``, LISTEN/NOTIFY);
+bodies are fetched without blocking the loop (``store.fetch_body_path``,
+``read_body_async``); the leases of messages in delivery are renewed every third of
+``lease_seconds`` (``store.renew_leases``), so only a dead node's work is taken over.
+
 Delivery status notifications (RFC 3461, RFC 3464; the report is built by message/dsn.py):
 * Owed, decided with each result by ``dsn.owed_action`` from the recipient's NOTIFY, and
   only when the envelope sender is not null (RFC 5321 §4.5.5; a DSN has the null sender,
@@ -75,6 +81,7 @@ from ..message import dsn as dsnlib
 from ..queue.model import (
     DeliveryResult, Envelope, QueuedMessage, QueuedRecipient, RecipientRequest,
 )
+from ..metrics.mail import MailMetrics
 from ..routing.route import Route
 from ..store.base import Store, StoreError
 from .retry import HOUR, RetrySchedule
@@ -113,7 +120,8 @@ class QueueManager:
                  delivery_timeout: float | None = None, idle_interval: float = 60.0,
                  error_backoff: float = 5.0, min_sleep: float = 0.5,
                  hostname: str = "localhost", delay_warning_after: float = 4 * HOUR,
-                 dsn_max_original_size: int = dsnlib.DEFAULT_MAX_ORIGINAL) -> None:
+                 dsn_max_original_size: int = dsnlib.DEFAULT_MAX_ORIGINAL,
+                 metrics: MailMetrics | None = None) -> None:
         if batch < 1 or concurrency < 1 or lease_seconds <= 0:
             raise ValueError("batch, concurrency and lease_seconds must be positive")
         self.store = store
@@ -136,6 +144,10 @@ class QueueManager:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
+        self.metrics = metrics if metrics is not None else MailMetrics()
+        self._transports: dict[str, dict[int, str]] = {}   # queue id -> rcpt id -> transport
+        self.leased: set[str] = set()       # queue ids being delivered (leases to renew)
+        self.lease_renewals = 0             # leases extended so far (tests, heartbeat info)
 
     # ------------------------------------------------------------------ control
     def wake(self) -> None:
@@ -162,6 +174,8 @@ class QueueManager:
             if len(in_flight) <= low_water:
                 self._wake.set()
 
+        renewer = (asyncio.get_running_loop().create_task(self._renew_leases())
+                   if hasattr(self.store, "renew_leases") else None)
         while not self._stopping:
             self._wake.clear()  # wakes during the pass below trigger another pass
             free = self.batch - len(in_flight)
@@ -194,6 +208,29 @@ class QueueManager:
                 await self._sleep(await self._idle_timeout(claimed))
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
+        if renewer is not None:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+
+    async def _renew_leases(self) -> None:
+        """Cluster stores: every third of ``lease_seconds`` extend the leases of the
+        messages in delivery, so a long delivery keeps its message while a dead node's
+        leases run out (then another node takes its work over)."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            ids = list(self.leased)
+            if not ids:
+                continue
+            try:
+                held = await self.store.renew_leases(  # type: ignore[attr-defined]
+                    self.owner, ids, self.lease_seconds, now=self.clock())
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("renewing %d lease(s) failed: %s", len(ids), exc)
+                continue
+            self.lease_renewals += held
+            if held < len(ids):
+                log.warning("%d of %d lease(s) were lost (expired and claimed elsewhere); "
+                            "delivery stays idempotent", len(ids) - held, len(ids))
 
     async def _idle_timeout(self, claimed: int) -> float:
         try:
@@ -210,12 +247,20 @@ class QueueManager:
         return timeout
 
     async def _sleep(self, timeout: float) -> None:
+        """Until ``wake()``, ``timeout`` or, with a cluster store, work committed or
+        released by any node (``store.wait_for_work``: LISTEN/NOTIFY)."""
         if self._wake.is_set() or timeout <= 0:
             return
+        waiters = [asyncio.ensure_future(self._wake.wait())]
+        wait_for_work = getattr(self.store, "wait_for_work", None)
+        if wait_for_work is not None:
+            waiters.append(asyncio.ensure_future(wait_for_work(timeout)))
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     # ------------------------------------------------------------------ one pass
     async def run_once(self) -> int:
@@ -232,6 +277,13 @@ class QueueManager:
         return len(messages)
 
     async def _process(self, message: QueuedMessage) -> None:
+        self.leased.add(message.queue_id)
+        try:
+            await self._process_leased(message)
+        finally:
+            self.leased.discard(message.queue_id)
+
+    async def _process_leased(self, message: QueuedMessage) -> None:
         try:
             results = await self._deliver_message(message)
         except Exception:  # a bug here must not lose the message: defer everything
@@ -255,12 +307,16 @@ class QueueManager:
                 assert route is not None
                 groups[route.transport].append(DeliveryTask(message, rcpt, route))
         if groups:
-            body_path = self.store.body_path(message)
+            fetch = getattr(self.store, "fetch_body_path", None)   # cluster: no blocking read
+            body_path = (await fetch(message) if fetch is not None
+                         else self.store.body_path(message))
             outcomes = await asyncio.gather(
                 *(self._call_agent(message, body_path, transport, tasks)
                   for transport, tasks in groups.items()))
             for group_results in outcomes:
                 results.update(group_results)
+        self._transports[message.queue_id] = {t.recipient.id: transport
+                                              for transport, ts in groups.items() for t in ts}
         return [results[r.id] for r in message.recipients]
 
     async def _route(self, rcpt: QueuedRecipient
@@ -337,7 +393,10 @@ class QueueManager:
                            if (not r.ok and not r.permanent) else r for r in results]
         for r in results:
             log.info("%s rcpt=%s %s: %s", message.queue_id, r.recipient_id,
-                     "ok" if r.ok else ("failed" if r.permanent else "deferred"), r.reply)
+                     "ok" if r.ok else ("failed" if r.permanent else "deferred"), r.reply,
+                     extra={"id": message.queue_id})
+        self.metrics.delivery_results(results, self._transports.pop(message.queue_id, {}),
+                                      message.envelope.received_at, now)
         owed = self._owed_dsns(message, by_id, results, now)
         if owed:
             await self.store.record_results(message.queue_id, results, now, next_at, dsn=owed)
@@ -389,7 +448,9 @@ class QueueManager:
             await self.store.clear_dsn(message.queue_id, owed, now)
             return 0
         try:
-            original: bytes | None = await asyncio.to_thread(self.store.read_body, message)
+            read_async = getattr(self.store, "read_body_async", None)
+            original: bytes | None = (await read_async(message) if read_async is not None
+                                      else await asyncio.to_thread(self.store.read_body, message))
         except StoreError as exc:
             log.warning("%s: body unavailable for the DSN (%s); sending without it",
                         message.queue_id, exc)

@@ -22,17 +22,25 @@ def _sqlite(*, path: str, blob_dir: str, **options: Any) -> Store:
     return SQLiteStore(path, blob_dir, **options)
 
 
+def _postgres(*, dsn: str, **options: Any) -> Store:
+    from .postgres import PostgresStore
+    return PostgresStore(dsn, **options)
+
+
 BACKENDS: dict[str, Callable[..., Store]] = {
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 
 
 def open_store(kind: str, **options: Any) -> Store:
-    """A store of the named backend ("sqlite"; "postgres" later), not yet opened.
+    """A store of the named backend ("sqlite" or "postgres"), not yet opened.
 
     sqlite options: ``path`` (database file), ``blob_dir`` (body directory), and the
     keyword options of ``SQLiteStore`` (``busy_timeout``, ``lock_retry_seconds``,
-    ``sync_method``, ``fsync_threads``, ``max_batch``, ``recover_grace_seconds``)."""
+    ``sync_method``, ``fsync_threads``, ``max_batch``, ``recover_grace_seconds``).
+    postgres options: ``dsn`` and the keyword options of ``PostgresStore`` (``schema``,
+    ``node``, ``cache_dir``, ``pool_size``, ...)."""
     try:
         factory = BACKENDS[kind]
     except KeyError:

@@ -14,7 +14,7 @@ Invariants every backend keeps (and the contract tests in tests/store check):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
 from ..queue.model import DeliveryResult, Envelope, QueuedMessage, RecipientState
@@ -130,10 +130,145 @@ class Store(Protocol):
         DSN reports, which must still be the owed one) and complete the source message if
         it is done. Returns the DSN's queue id, or None (blob discarded, nothing changed)
         when any of those flags was already settled (another worker sent the DSN)."""
+    # --- message trace (schema 6)
+    async def record_trace(self, events: Sequence["TraceEvent"]) -> None:
+        """Append trace events (not fsync'd on their own: they ride on the next commit)."""
+    async def query_trace(self, *, queue_ids: Sequence[str] = (), message_id: str = "",
+                          address: str = "", since: float | None = None,
+                          until: float | None = None, limit: int = 1000
+                          ) -> list["TraceEvent"]:
+        """Events matching any of: the queue ids, the Message-ID, the address (as sender
+        or recipient), within [since, until], oldest first."""
+    async def prune_trace(self, before: float) -> int:
+        """Delete events older than ``before``; returns how many."""
+
+    # --- DMARC aggregate report data (schema 8)
+    async def record_dmarc(self, rows: Sequence[tuple[float, str, dict]]) -> None:
+        """Append (at, policy_domain, data) DMARC results (not fsync'd on their own)."""
+    async def dmarc_results(self, before: float) -> list[tuple[int, float, str, dict]]:
+        """(id, at, policy_domain, data) of every result older than ``before``."""
+    async def delete_dmarc_results(self, ids: Sequence[int]) -> int: ...
+
+    # --- DKIM keys (schema 5)
+    async def add_dkim_key(self, key: "DkimKey") -> None:
+        """DuplicateError if (domain, selector) exists. An active key deactivates the
+        other keys of its domain with the same algorithm (one signer per algorithm)."""
+    async def list_dkim_keys(self, domain: str | None = None) -> list["DkimKey"]: ...
+    async def activate_dkim_key(self, domain: str, selector: str) -> bool:
+        """Make this key the signer for its algorithm; False if unknown."""
+    async def remove_dkim_key(self, domain: str, selector: str) -> bool: ...
+
     async def clear_dsn(self, source_queue_id: str, covered: Mapping[int, str],
                         now: float) -> bool:
         """Settle owed flags without sending a DSN (e.g. the sender turned out to be
         null); False (nothing changed) if any was already settled."""
+
+    # ---- operator queue control (schema 7; admin/queue_ops.py). Selection rules are
+    # those of ``QueueFilter``. Each action runs in ONE transaction; with ``audit`` given,
+    # that transaction also appends the audit row, its ``ids`` replaced by the queue ids
+    # actually changed.
+    async def queue_select(self, flt: "QueueFilter", limit: int | None = 1000
+                           ) -> list[QueuedMessage]:
+        """Matching messages, oldest first (queue id order), with all their recipients."""
+    async def queue_hold(self, flt: "QueueFilter", *, audit: "AuditRecord | None" = None
+                         ) -> dict[str, int]:
+        """Matched recipients (``QueueFilter.recipient_matches``) QUEUED → HELD. Returns
+        {queue id: recipients changed} for EVERY matching message (0 = nothing to do)."""
+    async def queue_release(self, flt: "QueueFilter", now: float, *,
+                            audit: "AuditRecord | None" = None) -> dict[str, int]:
+        """Matched recipients HELD → QUEUED, due at ``now`` at the latest; as queue_hold."""
+    async def queue_retry(self, flt: "QueueFilter", now: float, *,
+                          audit: "AuditRecord | None" = None) -> dict[str, int]:
+        """Matched QUEUED recipients due now (``next_attempt_at = now``); as queue_hold."""
+    async def queue_delete(self, flt: "QueueFilter", *, audit: "AuditRecord | None" = None
+                           ) -> list[str]:
+        """Remove every matching message (rows, history, body; no DSN); their ids."""
+    async def queue_bounce(self, failures: Mapping[str, Mapping[int, str | None]],
+                           reply: str, status: str, now: float, *,
+                           audit: "AuditRecord | None" = None
+                           ) -> tuple[dict[str, int], list[str]]:
+        """Operator bounce: ``failures`` maps queue id → {recipient id: DSN action owed
+        or None}. Each listed recipient still QUEUED or HELD becomes FAILED with
+        ``reply``/``status`` (an attempt row is added; ``dsn_pending`` set when an action
+        is given), then the message completes if done (body removed when no DSN is owed).
+        A message under a live lease (being delivered right now) is skipped whole.
+        Returns ({queue id: recipients failed}, [skipped queue ids])."""
+    async def add_audit(self, record: "AuditRecord") -> None: ...
+    async def list_audit(self, limit: int = 100) -> list["AuditRecord"]:
+        """The newest ``limit`` audit rows, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One entry of the message trace: an SMTP transaction's outcome (kind "accepted",
+    "rejected", "refused" (at connect)), or an operator action. ``data`` is JSON-able."""
+    at: float
+    kind: str
+    session_id: str = ""
+    queue_id: str = ""
+    message_id: str = ""
+    sender: str = ""
+    recipients: tuple[str, ...] = ()
+    client_ip: str = ""
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A DKIM signing key (RFC 6376). ``private_key`` is PEM (PKCS#8)."""
+    domain: str
+    selector: str
+    algorithm: str          # "rsa-sha256" | "ed25519-sha256"
+    private_key: str
+    created_at: float
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """Which queued messages an operator command selects (admin/queue_ops.py).
+
+    A message matches when: its id is in ``queue_ids`` (if any are given); else, when
+    ``state`` is None, it is still in the queue (not completed); its sender matches
+    ``sender`` ("a@b" exactly, "@domain" by domain, "" the null sender; case-insensitive);
+    ``received_at`` is <= ``received_before`` and >= ``received_after`` (when given); and
+    at least one of its recipients matches ``recipient_matches`` and, when ``state`` is
+    given, is in that state. Actions on recipients touch only recipients that match
+    ``recipient_matches`` (the state filter selects messages, the action its own state).
+    """
+    queue_ids: tuple[str, ...] = ()
+    state: RecipientState | None = None
+    sender: str | None = None
+    recipient: str | None = None      # "a@b" (exact) or "@domain"; lower-case
+    domain: str | None = None         # recipient domain; lower-case
+    received_before: float | None = None
+    received_after: float | None = None
+    error: str | None = None          # case-insensitive substring of last_reply
+
+    def recipient_matches(self, address: str, last_reply: str) -> bool:
+        """The recipient conditions (``recipient``, ``domain``, ``error``), as the
+        backends evaluate them in SQL."""
+        a = address.lower()
+        if self.recipient is not None and not (
+                a.endswith(self.recipient) if self.recipient.startswith("@")
+                else a == self.recipient):
+            return False
+        if self.domain is not None and not a.endswith("@" + self.domain):
+            return False
+        if self.error is not None and self.error.lower() not in (last_reply or "").lower():
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One operator action on the queue: who (OS user), when, what, on which messages."""
+    at: float
+    user: str
+    action: str                 # hold | release | retry | flush | delete | bounce
+    detail: str = ""            # the selection as given, e.g. "--domain remote.test"
+    ids: tuple[str, ...] = ()   # queue ids acted on
+    id: int = 0                 # assigned by the store
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,19 @@ Version 2 adds ``send_as(login → mailboxes, address)``: sender addresses grant
 login for submission (``*@domain`` grants a whole domain), and ``mailboxes.scram_sha256``,
 the SCRAM-SHA-256 verifier (RFC 7677) kept beside the scrypt password hash.
 
+Version 8 adds ``dmarc_results(at, policy_domain, data JSON)``: DMARC evaluations waiting
+for their aggregate report.
+
+Version 6 adds ``trace_events(at, kind, session_id, queue_id, message_id, sender,
+recipients, client_ip, data JSON)``: the message trace (one row per SMTP transaction
+outcome; recipients space-separated and lower-cased, between spaces, for LIKE queries).
+
+Version 5 adds ``dkim_keys(domain, selector, algorithm, private_key PEM, created_at,
+active)``: the DKIM signing keys; the active ones sign.
+
+Version 7 adds ``audit(id, at, user, action, detail, ids JSON)``: one row per operator
+queue action (hold, release, retry, flush, delete, bounce), with the queue ids it touched.
+
 Version 3 adds DSN bookkeeping (RFC 3464) to ``recipients``: ``remote_mta`` and
 ``status`` of the last attempt (also ``attempts.remote_mta``), ``dsn_pending`` (the DSN
 action owed: failed/delayed/delivered/relayed/expanded, NULL = none; partial index
@@ -154,6 +167,42 @@ MIGRATIONS: list[list[str]] = [
     # makes body and row durable; no 250 was sent for such a message).
     [
         "ALTER TABLE messages ADD COLUMN body_crc INTEGER",
+    ],
+    # 4 -> 5: DKIM signing keys (RFC 6376): one row per (domain, selector); ``active`` keys
+    # sign (at most one per domain and algorithm, kept so by the store).
+    [
+        "CREATE TABLE dkim_keys (domain TEXT NOT NULL, selector TEXT NOT NULL, "
+        "algorithm TEXT NOT NULL, private_key TEXT NOT NULL, created_at REAL NOT NULL, "
+        "active INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (domain, selector))",
+    ],
+    # 5 -> 6: the message trace (issue 5): what happened to each SMTP transaction,
+    # accepted or refused, with the policy verdicts. Delivery attempts stay in
+    # ``attempts``; the trace command joins both.
+    [
+        "CREATE TABLE trace_events (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
+        "kind TEXT NOT NULL, session_id TEXT NOT NULL DEFAULT '', "
+        "queue_id TEXT NOT NULL DEFAULT '', message_id TEXT NOT NULL DEFAULT '', "
+        "sender TEXT NOT NULL DEFAULT '', recipients TEXT NOT NULL DEFAULT '', "
+        "client_ip TEXT NOT NULL DEFAULT '', data TEXT NOT NULL DEFAULT '{}')",
+        "CREATE INDEX trace_at ON trace_events (at)",
+        "CREATE INDEX trace_queue_id ON trace_events (queue_id) WHERE queue_id != ''",
+        "CREATE INDEX trace_message_id ON trace_events (message_id) WHERE message_id != ''",
+        "CREATE INDEX trace_sender ON trace_events (sender)",
+    ],
+    # 6 -> 7: the operator audit log (``mailwright queue audit``): who did what to which
+    # queued messages, written in the same transaction as the action itself.
+    [
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
+        "user TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', "
+        "ids TEXT NOT NULL DEFAULT '[]')",
+        "CREATE INDEX audit_at ON audit (at)",
+    ],
+    # 7 -> 8: DMARC results awaiting an aggregate report (RFC 7489 §7.2): one row per
+    # evaluated message; rows are deleted once their report is queued.
+    [
+        "CREATE TABLE dmarc_results (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
+        "policy_domain TEXT NOT NULL, data TEXT NOT NULL)",
+        "CREATE INDEX dmarc_results_at ON dmarc_results (at)",
     ],
 ]
 

@@ -71,8 +71,8 @@ from ..queue.model import (
 )
 from . import migrations
 from .base import (
-    Alias, AttemptRecord, DirectorySnapshot, DuplicateError, Mailbox, NotFoundError,
-    RecoveryReport, StoreError,
+    Alias, AttemptRecord, AuditRecord, DirectorySnapshot, DkimKey, DuplicateError, Mailbox,
+    NotFoundError, QueueFilter, RecoveryReport, StoreError, TraceEvent,
 )
 from .blobs import BlobDir, FileBlobWriter
 from .groupcommit import GroupCommitter, Pending
@@ -891,6 +891,162 @@ class SQLiteStore:
                         " WHERE r.queue_id = ? ORDER BY a.at, a.id", (queue_id,))]
         return await self._read(fn)
 
+    # ---- operator queue control (schema 7; admin/queue_ops.py, rules in base.QueueFilter)
+    @staticmethod
+    def _rcpt_conds(flt: QueueFilter, col: str = "r.") -> tuple[str, list[Any]]:
+        """SQL for ``QueueFilter.recipient_matches`` over the recipient columns ``col*``."""
+        conds: list[str] = []
+        args: list[Any] = []
+        for suffix in ([flt.recipient] if flt.recipient and flt.recipient.startswith("@")
+                       else []) + (["@" + flt.domain] if flt.domain else []):
+            conds.append(f"substr(lower({col}address), -?) = ?")
+            args += [len(suffix), suffix]
+        if flt.recipient is not None and not flt.recipient.startswith("@"):
+            conds.append(f"lower({col}address) = ?")
+            args.append(flt.recipient)
+        if flt.error is not None:
+            conds.append(f"instr(lower({col}last_reply), ?) > 0")
+            args.append(flt.error.lower())
+        return " AND ".join(conds) or "1", args
+
+    def _select_ids(self, c: sqlite3.Connection, flt: QueueFilter,
+                    limit: int | None = None) -> list[str]:
+        conds: list[str] = []
+        args: list[Any] = []
+        if flt.queue_ids:
+            conds.append("m.queue_id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(flt.queue_ids)))
+        elif flt.state is None:
+            conds.append("m.completed_at IS NULL")
+        if flt.sender is not None:
+            sender = flt.sender.lower()
+            if sender.startswith("@"):
+                conds.append("substr(lower(m.sender), -?) = ?")
+                args += [len(sender), sender]
+            else:
+                conds.append("lower(m.sender) = ?")
+                args.append(sender)
+        if flt.received_before is not None:
+            conds.append("m.received_at <= ?")
+            args.append(flt.received_before)
+        if flt.received_after is not None:
+            conds.append("m.received_at >= ?")
+            args.append(flt.received_after)
+        rsql, rargs = self._rcpt_conds(flt)
+        if flt.state is not None:
+            rsql += " AND r.state = ?"
+            rargs.append(RecipientState(flt.state).value)
+        conds.append(f"EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.queue_id"
+                     f" AND {rsql})")
+        args += rargs
+        sql = f"SELECT m.queue_id FROM messages m WHERE {' AND '.join(conds)} ORDER BY m.queue_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [r[0] for r in c.execute(sql, args)]
+
+    @staticmethod
+    def _write_audit(c: sqlite3.Connection, audit: AuditRecord | None,
+                     ids: Iterable[str] | None = None) -> None:
+        if audit is None:
+            return
+        c.execute("INSERT INTO audit (at, user, action, detail, ids) VALUES (?, ?, ?, ?, ?)",
+                  (audit.at, audit.user, audit.action, audit.detail,
+                   json.dumps(list(audit.ids if ids is None else ids))))
+
+    async def queue_select(self, flt: QueueFilter, limit: int | None = 1000
+                           ) -> list[QueuedMessage]:
+        return await self._read(lambda c: self._load(c, self._select_ids(c, flt, limit)))
+
+    async def _queue_change(self, flt: QueueFilter, from_state: str, set_sql: str,
+                            set_args: Sequence[Any], audit: AuditRecord | None
+                            ) -> dict[str, int]:
+        """Matched recipients in ``from_state`` of the matching messages get ``set_sql``."""
+        def fn(c: sqlite3.Connection, remove: list[str]) -> dict[str, int]:
+            counts = dict.fromkeys(self._select_ids(c, flt), 0)
+            rsql, rargs = self._rcpt_conds(flt, "")
+            ids = json.dumps(list(counts))
+            for (qid,) in c.execute(
+                    f"UPDATE recipients SET {set_sql} WHERE state = ? AND {rsql}"
+                    " AND queue_id IN (SELECT value FROM json_each(?)) RETURNING queue_id",
+                    [*set_args, from_state, *rargs, ids]).fetchall():
+                counts[qid] += 1
+            self._write_audit(c, audit, [q for q, n in counts.items() if n])
+            return counts
+        return await self._write(fn)
+
+    async def queue_hold(self, flt: QueueFilter, *, audit: AuditRecord | None = None
+                         ) -> dict[str, int]:
+        return await self._queue_change(flt, "queued", "state = 'held'", (), audit)
+
+    async def queue_release(self, flt: QueueFilter, now: float, *,
+                            audit: AuditRecord | None = None) -> dict[str, int]:
+        return await self._queue_change(
+            flt, "held", "state = 'queued', next_attempt_at = MIN(next_attempt_at, ?)",
+            (now,), audit)
+
+    async def queue_retry(self, flt: QueueFilter, now: float, *,
+                          audit: AuditRecord | None = None) -> dict[str, int]:
+        return await self._queue_change(flt, "queued", "next_attempt_at = ?", (now,), audit)
+
+    async def queue_delete(self, flt: QueueFilter, *, audit: AuditRecord | None = None
+                           ) -> list[str]:
+        def fn(c: sqlite3.Connection, remove: list[str]) -> list[str]:
+            ids = self._select_ids(c, flt)
+            for qid in ids:
+                row = c.execute("DELETE FROM messages WHERE queue_id = ? RETURNING blob",
+                                (qid,)).fetchone()
+                if row is not None:
+                    remove.append(row[0])
+            self._write_audit(c, audit, ids)
+            return ids
+        return await self._write(fn)
+
+    async def queue_bounce(self, failures: Mapping[str, Mapping[int, str | None]],
+                           reply: str, status: str, now: float, *,
+                           audit: AuditRecord | None = None
+                           ) -> tuple[dict[str, int], list[str]]:
+        for owed in failures.values():
+            for action in owed.values():
+                if action is not None and action not in DSN_ACTIONS:
+                    raise ValueError(f"unknown DSN action {action!r}")
+
+        def fn(c: sqlite3.Connection, remove: list[str]
+               ) -> tuple[dict[str, int], list[str]]:
+            done: dict[str, int] = {}
+            skipped: list[str] = []
+            for qid, owed in failures.items():
+                row = c.execute("SELECT blob, lease_owner, lease_expires FROM messages"
+                                " WHERE queue_id = ?", (qid,)).fetchone()
+                if row is None:
+                    continue
+                if row[1] is not None and (row[2] or 0) > now:
+                    skipped.append(qid)        # a delivery is in progress: its result wins
+                    continue
+                n = 0
+                for rid, action in owed.items():
+                    n += c.execute(
+                        "UPDATE recipients SET state = 'failed', last_reply = ?, status = ?,"
+                        " final_at = ?, remote_mta = '', dsn_pending = ?"
+                        " WHERE id = ? AND queue_id = ? AND state IN ('queued', 'held')",
+                        (reply, status, now, action, rid, qid)).rowcount
+                done[qid] = n
+                if n and self._complete_if_done(c, qid, now):
+                    remove.append(row[0])
+            self._write_audit(c, audit, [q for q, n in done.items() if n])
+            return done, skipped
+        return await self._write(fn)
+
+    async def add_audit(self, record: AuditRecord) -> None:
+        await self._write(lambda c, rm: self._write_audit(c, record))
+
+    async def list_audit(self, limit: int = 100) -> list[AuditRecord]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT id, at, user, action, detail, ids FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,)).fetchall())
+        return [AuditRecord(at=r[1], user=r[2], action=r[3], detail=r[4],
+                            ids=tuple(json.loads(r[5])), id=r[0]) for r in reversed(rows)]
+
     # ------------------------------------------------------------------ directory
     @staticmethod
     def _bump(c: sqlite3.Connection) -> None:
@@ -1090,6 +1246,137 @@ class SQLiteStore:
         lg, ad = _norm(login), _norm(address)
         return await self._write(lambda c, rm: c.execute(
             "DELETE FROM send_as WHERE login = ? AND address = ?", (lg, ad)).rowcount > 0)
+
+    # ------------------------------------------------------------------ message trace
+
+    async def record_trace(self, events: Sequence[TraceEvent]) -> None:
+        rows = [(e.at, e.kind, e.session_id, e.queue_id, e.message_id, e.sender.lower(),
+                 (" " + " ".join(r.lower() for r in e.recipients) + " ") if e.recipients
+                 else "", e.client_ip, json.dumps(e.data, separators=(",", ":"), default=str))
+                for e in events]
+        if not rows:
+            return
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            c.executemany("INSERT INTO trace_events (at, kind, session_id, queue_id, "
+                          "message_id, sender, recipients, client_ip, data) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        await self._write(fn, durable=False)
+
+    async def query_trace(self, *, queue_ids: Sequence[str] = (), message_id: str = "",
+                          address: str = "", since: float | None = None,
+                          until: float | None = None, limit: int = 1000
+                          ) -> list[TraceEvent]:
+        terms: list[str] = []
+        args: list[Any] = []
+        if queue_ids:
+            terms.append(f"queue_id IN ({','.join('?' * len(queue_ids))})")
+            args.extend(queue_ids)
+        if message_id:
+            terms.append("message_id = ?")
+            args.append(message_id)
+        if address:
+            addr = address.lower()
+            terms.append("(sender = ? OR recipients LIKE ? ESCAPE '\\')")
+            args.extend([addr, "% " + addr.replace("\\", "\\\\").replace("%", "\\%")
+                         .replace("_", "\\_") + " %"])
+        where = " OR ".join(terms) if terms else "1"
+        window = ""
+        if since is not None:
+            window += " AND at >= ?"
+            args.append(since)
+        if until is not None:
+            window += " AND at <= ?"
+            args.append(until)
+        sql = (f"SELECT at, kind, session_id, queue_id, message_id, sender, recipients, "
+               f"client_ip, data FROM trace_events WHERE ({where}){window} "
+               f"ORDER BY at, id LIMIT ?")
+        args.append(limit)
+
+        def fn(c: sqlite3.Connection) -> list[TraceEvent]:
+            return [TraceEvent(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6].split()), r[7],
+                               json.loads(r[8])) for r in c.execute(sql, args)]
+        return await self._read(fn)
+
+    async def prune_trace(self, before: float) -> int:
+        return await self._write(lambda c, rm: c.execute(
+            "DELETE FROM trace_events WHERE at < ?", (before,)).rowcount, durable=False)
+
+    # ------------------------------------------------------------------ DMARC reports
+
+    async def record_dmarc(self, rows: Sequence[tuple[float, str, dict]]) -> None:
+        data = [(at, domain.lower(), json.dumps(d, separators=(",", ":"), default=str))
+                for at, domain, d in rows]
+        if data:
+            await self._write(lambda c, rm: c.executemany(
+                "INSERT INTO dmarc_results (at, policy_domain, data) VALUES (?, ?, ?)", data),
+                durable=False)
+
+    async def dmarc_results(self, before: float) -> list[tuple[int, float, str, dict]]:
+        return await self._read(lambda c: [
+            (r[0], r[1], r[2], json.loads(r[3])) for r in c.execute(
+                "SELECT id, at, policy_domain, data FROM dmarc_results WHERE at < ? "
+                "ORDER BY id", (before,))])
+
+    async def delete_dmarc_results(self, ids: Sequence[int]) -> int:
+        ids = list(ids)
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> int:
+            n = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                n += c.execute(f"DELETE FROM dmarc_results WHERE id IN "
+                               f"({','.join('?' * len(chunk))})", chunk).rowcount
+            return n
+        return await self._write(fn)
+
+    # ------------------------------------------------------------------ DKIM keys
+
+    async def add_dkim_key(self, key: DkimKey) -> None:
+        dom, sel = _norm(key.domain), key.selector.lower()
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            if key.active:
+                c.execute("UPDATE dkim_keys SET active = 0 WHERE domain = ? AND algorithm = ?",
+                          (dom, key.algorithm))
+            try:
+                c.execute("INSERT INTO dkim_keys (domain, selector, algorithm, private_key, "
+                          "created_at, active) VALUES (?, ?, ?, ?, ?, ?)",
+                          (dom, sel, key.algorithm, key.private_key, key.created_at,
+                           int(key.active)))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"DKIM selector {sel} exists for {dom}") from None
+        await self._write(fn)
+
+    async def list_dkim_keys(self, domain: str | None = None) -> list[DkimKey]:
+        def fn(c: sqlite3.Connection) -> list[DkimKey]:
+            sql = ("SELECT domain, selector, algorithm, private_key, created_at, active "
+                   "FROM dkim_keys")
+            args: tuple = ()
+            if domain is not None:
+                sql += " WHERE domain = ?"
+                args = (_norm(domain),)
+            rows = c.execute(sql + " ORDER BY domain, created_at, selector", args).fetchall()
+            return [DkimKey(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+        return await self._read(fn)
+
+    async def activate_dkim_key(self, domain: str, selector: str) -> bool:
+        dom, sel = _norm(domain), selector.lower()
+
+        def fn(c: sqlite3.Connection, rm: list[str]) -> bool:
+            row = c.execute("SELECT algorithm FROM dkim_keys WHERE domain = ? AND selector = ?",
+                            (dom, sel)).fetchone()
+            if row is None:
+                return False
+            c.execute("UPDATE dkim_keys SET active = (selector = ?) "
+                      "WHERE domain = ? AND algorithm = ?", (sel, dom, row[0]))
+            return True
+        return await self._write(fn)
+
+    async def remove_dkim_key(self, domain: str, selector: str) -> bool:
+        dom, sel = _norm(domain), selector.lower()
+        return await self._write(lambda c, rm: c.execute(
+            "DELETE FROM dkim_keys WHERE domain = ? AND selector = ?", (dom, sel)).rowcount > 0)
 
     async def list_send_as(self, login: str) -> list[str]:
         """The addresses granted to ``login``, sorted."""

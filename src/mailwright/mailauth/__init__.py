@@ -1,0 +1,1 @@
+"""Mail authentication: SPF, DKIM, DMARC, ARC and Authentication-Results."""
