@@ -91,6 +91,10 @@ class MailServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.tmp / "server.log"
         self.env = dict(os.environ)
+        if "skip_networks" not in self.config.read_text():
+            # Test clients are on loopback, which production skips by default: check
+            # them like the remote clients they stand for.
+            self.env["MAILWRIGHT__AUTH__SKIP_NETWORKS"] = "[]"
         if "nameservers" not in self.config.read_text():
             # Every lookup goes to a DNS server on loopback, never to the system resolver:
             # without test zones, one that answers NXDOMAIN for every name.

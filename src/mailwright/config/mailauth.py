@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .settings import _bool, _choice, _domain_list, _key, _pos_int, _str
+from .settings import _bool, _choice, _cidr_list, _domain_list, _key, _pos_int, _str
 
 __all__ = ["AuthSettings"]
 
@@ -36,6 +36,10 @@ class AuthSettings:
         "", conv=_str,
         doc="The authserv-id of our Authentication-Results fields (RFC 8601 §2.5); empty = "
             "the server's hostname. Arriving fields that claim it are removed.")
+    skip_networks: tuple[str, ...] = _key(
+        conv=_cidr_list, factory=lambda: ("127.0.0.0/8", "::1/128"),
+        doc="Clients whose mail is not checked (as policyd-spf's skip_addresses): local "
+            "programs and the host itself. Empty = check every client.")
     spf_fail: str = _key(
         "accept", conv=_choice("accept", "reject"),
         doc="SPF 'fail' for MAIL FROM: 'accept' (DMARC decides; forwarding breaks SPF) or "

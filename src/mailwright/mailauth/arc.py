@@ -262,6 +262,8 @@ async def verify_chain(resolver: Resolver, message: bytes, *,
     ``now``: the time used for ``t=``/``x=`` checks (default: the real clock).
     """
     section = _header_section(message)
+    if _ARC_FIELD_RE.search(section) is None:
+        return ARCResult("none", reason="no ARC sets")     # most mail: no parse needed
     try:
         headers, _ = dkim.rfc822_parse(section)
     except dkim.DKIMException as exc:

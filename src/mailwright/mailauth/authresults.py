@@ -73,9 +73,12 @@ class MethodResult:
 
 # ---------------------------------------------------------------------- writing
 
+# RFC 2045 §5.1 token: 1*<any (US-ASCII) CHAR except SPACE, CTLs, or tspecials>
+_TOKEN_RE = re.compile(r'[!#$%&\'*+\-.0-9A-Z^_`a-z{|}~]+')
+
+
 def _is_token(value: str) -> bool:
-    return bool(value) and value.isascii() and all(
-        c not in _TSPECIALS and " " < c < "\x7f" for c in value)
+    return _TOKEN_RE.fullmatch(value) is not None
 
 
 def _quoted(value: str) -> str:

@@ -384,12 +384,13 @@ async def check_host(resolver: Any, ip: str, domain: str, sender: str, *, helo: 
                    receiver=receiver, now=int(time.time() if now is None else now),
                    max_lookups=max_lookups, max_void=max_void)
     try:
-        outcome = await asyncio.wait_for(check.evaluate(domain, top=True), timeout)
+        async with asyncio.timeout(timeout):          # RFC 7208 §4.6.4: bound the work
+            outcome = await check.evaluate(domain, top=True)
     except _PermError as exc:
         outcome = _Outcome("permerror", domain, reason=str(exc))
     except _TempError as exc:
         outcome = _Outcome("temperror", domain, reason=str(exc))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         outcome = _Outcome("temperror", domain, reason=f"SPF evaluation took over {timeout}s")
     result = SPFResult(
         result=outcome.result, domain=domain, identity=identity, sender=sender,

@@ -204,6 +204,19 @@ def _name_text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower() if name != dns.name.root else "."
 
 
+@functools.lru_cache(maxsize=8192)
+def _key_text(name: str) -> str:
+    """The cache key of a name given as text: lower case, no final dot (DNS names compare
+    case-insensitively, RFC 4343)."""
+    text = name.strip().lower()
+    return text[:-1] if text.endswith(".") and len(text) > 1 else text
+
+
+@functools.lru_cache(maxsize=64)
+def _type_text(qtype: dns.rdatatype.RdataType) -> str:
+    return dns.rdatatype.to_text(qtype)
+
+
 @functools.lru_cache(maxsize=64)
 def _to_rdtype(rdtype: str | int) -> dns.rdatatype.RdataType:
     try:
@@ -259,9 +272,9 @@ class Resolver:
         #: "ok", "nodata", "nxdomain" or "temporary". For metrics; must not raise or block.
         self.on_lookup = on_lookup
         self.stats = ResolverStats()
-        self._cache: collections.OrderedDict[tuple[dns.name.Name, int], tuple[float, Answer]] = \
+        self._cache: collections.OrderedDict[tuple[str, int], tuple[float, Answer]] = \
             collections.OrderedDict()
-        self._inflight: dict[tuple[dns.name.Name, int],
+        self._inflight: dict[tuple[str, int],
                              tuple[asyncio.AbstractEventLoop, asyncio.Task]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -359,8 +372,10 @@ class Resolver:
         qtype = _to_rdtype(rdtype)
         loop = asyncio.get_running_loop()
         self._loop = loop
-        key = (qname, int(qtype))
-        tname = dns.rdatatype.to_text(qtype)
+        # Keyed by the name's text: a str hashes once and keeps its hash; a dns.name.Name
+        # computes its case-folded hash on every use.
+        key = (_key_text(name) if isinstance(name, str) else _name_text(qname), int(qtype))
+        tname = _type_text(qtype)
         cached = self._cache_get(key)
         if cached is not None:
             self.stats.cache_hits[tname] += 1
@@ -370,27 +385,28 @@ class Resolver:
             self.stats.coalesced[tname] += 1
             task = entry[1]
         else:
-            task = loop.create_task(self._fetch(qname, qtype))
+            task = loop.create_task(self._fetch(qname, qtype, key))
             self._inflight[key] = (loop, task)
             task.add_done_callback(lambda t, key=key: self._forget(key, t))
         # shield: a cancelled caller must not cancel the query other callers share
         return await asyncio.shield(task)
 
-    def _forget(self, key: tuple[dns.name.Name, int], task: asyncio.Task) -> None:
+    def _forget(self, key: tuple[str, int], task: asyncio.Task) -> None:
         entry = self._inflight.get(key)
         if entry is not None and entry[1] is task:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()    # retrieved: no "exception was never retrieved" warning
 
-    async def _fetch(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> Answer:
-        tname = dns.rdatatype.to_text(qtype)
+    async def _fetch(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType,
+                     key: tuple[str, int]) -> Answer:
+        tname = _type_text(qtype)
         started = time.monotonic()
         outcome = "temporary"
         try:
             answer = await self._resolve(qname, qtype)
             outcome = "ok" if answer.records else ("nxdomain" if answer.nxdomain else "nodata")
-            self._cache_put((qname, int(qtype)), answer)
+            self._cache_put(key, answer)
             return answer
         except DNSTemporaryError:
             self.stats.errors[tname] += 1
@@ -465,7 +481,7 @@ class Resolver:
 
     # ------------------------------------------------------------------ cache
 
-    def _cache_get(self, key: tuple[dns.name.Name, int]) -> Answer | None:
+    def _cache_get(self, key: tuple[str, int]) -> Answer | None:
         hit = self._cache.get(key)
         if hit is None:
             return None
@@ -476,7 +492,7 @@ class Resolver:
         self._cache.move_to_end(key)
         return answer
 
-    def _cache_put(self, key: tuple[dns.name.Name, int], answer: Answer) -> None:
+    def _cache_put(self, key: tuple[str, int], answer: Answer) -> None:
         if answer.ttl <= 0 or self.cache_size <= 0:
             return
         self._cache[key] = (self.clock() + answer.ttl, answer)

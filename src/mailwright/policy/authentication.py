@@ -26,8 +26,9 @@ Actions (config/mailauth.py, defaults after what large receivers do):
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from ..config.mailauth import AuthSettings
 from ..mailauth import arc as arc_mod
@@ -57,9 +58,25 @@ def _why(result: str, reason: str | None) -> str:
     return "" if result in ("pass", "none") else (reason or "")
 
 
-def checked(session: SessionInfo) -> bool:
-    """Is this session's mail subject to inbound authentication checks?"""
-    return session.role == "mx" and not session.auth_user and not session.trusted
+class Scope:
+    """Which sessions' mail is checked: ``mx`` listeners, not authenticated users, not
+    ``relay.trusted_networks``, and not ``[auth] skip_networks`` (default loopback: a local
+    program's mail has no SPF identity to check, as policyd-spf's skip_addresses)."""
+
+    def __init__(self, skip_networks: Sequence[str] = ()) -> None:
+        self.skip = [ipaddress.ip_network(n, strict=False) for n in skip_networks]
+
+    def __call__(self, session: SessionInfo) -> bool:
+        if session.role != "mx" or session.auth_user or session.trusted:
+            return False
+        if self.skip:
+            ip = session.ip
+            if ip is not None and any(ip in net for net in self.skip):
+                return False
+        return True
+
+
+ALL_MX = Scope()
 
 
 def _domain_of(address: str) -> str:
@@ -71,13 +88,15 @@ class SpfStage:
     §2.4), evaluated once per transaction."""
     name = "spf"
 
-    def __init__(self, settings: AuthSettings, resolver: Any, receiver: str) -> None:
+    def __init__(self, settings: AuthSettings, resolver: Any, receiver: str,
+                 scope: Scope = ALL_MX) -> None:
+        self.scope = scope
         self.settings = settings
         self.resolver = resolver
         self.receiver = receiver
 
     async def check_mail(self, session: SessionInfo, txn: TransactionInfo) -> Verdict:
-        if not checked(session):
+        if not self.scope(session):
             return CONTINUE
         result = await spf_mod.check_mail_from(self.resolver, session.client_ip, txn.sender,
                                                session.helo, receiver=self.receiver)
@@ -100,13 +119,14 @@ class DkimStage:
     """Data step: verify every DKIM signature (up to ``dkim_max_signatures``)."""
     name = "dkim"
 
-    def __init__(self, settings: AuthSettings, resolver: Any) -> None:
+    def __init__(self, settings: AuthSettings, resolver: Any, scope: Scope = ALL_MX) -> None:
+        self.scope = scope
         self.settings = settings
         self.resolver = resolver
 
     async def check_data(self, session: SessionInfo, txn: TransactionInfo,
                          message: MessageView) -> Verdict:
-        if not checked(session):
+        if not self.scope(session):
             return CONTINUE
         results = await dkim_mod.verify_message(
             self.resolver, message.read(), max_signatures=self.settings.dkim_max_signatures)
@@ -128,13 +148,14 @@ class ArcStage:
     """Data step: verify the ARC chain (RFC 8617 §5.2)."""
     name = "arc"
 
-    def __init__(self, settings: AuthSettings, resolver: Any) -> None:
+    def __init__(self, settings: AuthSettings, resolver: Any, scope: Scope = ALL_MX) -> None:
+        self.scope = scope
         self.settings = settings
         self.resolver = resolver
 
     async def check_data(self, session: SessionInfo, txn: TransactionInfo,
                          message: MessageView) -> Verdict:
-        if not checked(session):
+        if not self.scope(session):
             return CONTINUE
         result = await arc_mod.verify_chain(self.resolver, message.read())
         txn.facts["arc"] = result
@@ -150,14 +171,16 @@ class DmarcStage:
     """Data step: DMARC from the SPF and DKIM facts, with the configured actions."""
     name = "dmarc"
 
-    def __init__(self, settings: AuthSettings, resolver: Any, recorder: Any = None) -> None:
+    def __init__(self, settings: AuthSettings, resolver: Any, recorder: Any = None,
+                 scope: Scope = ALL_MX) -> None:
+        self.scope = scope
         self.settings = settings
         self.resolver = resolver
         self.recorder = recorder          # DMARC report recording (optional)
 
     async def check_data(self, session: SessionInfo, txn: TransactionInfo,
                          message: MessageView) -> Verdict:
-        if not checked(session):
+        if not self.scope(session):
             return CONTINUE
         try:
             author = dmarc_mod.author_domain(message.header_values("From"))
@@ -215,12 +238,13 @@ class AuthResultsStage:
     """The last data stage: one Authentication-Results field with every result."""
     name = "authentication-results"
 
-    def __init__(self, authserv_id: str) -> None:
+    def __init__(self, authserv_id: str, scope: Scope = ALL_MX) -> None:
+        self.scope = scope
         self.authserv_id = authserv_id
 
     def check_data(self, session: SessionInfo, txn: TransactionInfo,
                    message: MessageView) -> Verdict:
-        if not checked(session):
+        if not self.scope(session):
             return CONTINUE
         results: list[MethodResult] = []
         spf = txn.facts.get("spf")

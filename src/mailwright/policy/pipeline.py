@@ -83,8 +83,9 @@ class Pipeline:
     async def _settle(self, check: Any, result: Any) -> Verdict:
         if inspect.isawaitable(result):
             try:
-                result = await asyncio.wait_for(result, self.timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.timeout):   # no extra task per check
+                    result = await result
+            except TimeoutError:
                 return _failed(check, f"{check.name} timed out after {self.timeout}s")
         return result
 

@@ -41,20 +41,21 @@ def build_checks(settings: Any, *, resolver: Any, store: Any, hostname: str) -> 
     auth = settings.auth
     if auth.enabled:
         from .authentication import (
-            ArcStage, AuthResultsStage, DkimStage, DmarcStage, SpfStage,
+            ArcStage, AuthResultsStage, DkimStage, DmarcStage, Scope, SpfStage,
         )
         authserv_id = auth.authserv_id or hostname
-        policy.checks["mail"].append(SpfStage(auth, resolver, hostname))
-        policy.checks["data"].append(DkimStage(auth, resolver))
+        scope = Scope(auth.skip_networks)
+        policy.checks["mail"].append(SpfStage(auth, resolver, hostname, scope))
+        policy.checks["data"].append(DkimStage(auth, resolver, scope))
         if auth.arc:
-            policy.checks["data"].append(ArcStage(auth, resolver))
+            policy.checks["data"].append(ArcStage(auth, resolver, scope))
         if auth.dmarc:
             recorder = None
             if auth.dmarc_reports:
                 from ..mailauth.dmarc_reporting import DmarcRecorder
                 recorder = DmarcRecorder(store)
-            policy.checks["data"].append(DmarcStage(auth, resolver, recorder))
-        writer = AuthResultsStage(authserv_id)
+            policy.checks["data"].append(DmarcStage(auth, resolver, recorder, scope))
+        writer = AuthResultsStage(authserv_id, scope)
         policy.checks["data"].append(writer)
         policy.header_filters.append(writer.filter_header)
     return policy

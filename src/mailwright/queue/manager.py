@@ -398,10 +398,31 @@ class QueueManager:
         self.metrics.delivery_results(results, self._transports.pop(message.queue_id, {}),
                                       message.envelope.received_at, now)
         owed = self._owed_dsns(message, by_id, results, now)
-        if owed:
-            await self.store.record_results(message.queue_id, results, now, next_at, dsn=owed)
-        else:
-            await self.store.record_results(message.queue_id, results, now, next_at)
+        await self._store_results(message.queue_id, results, now, next_at, owed)
+
+    async def _store_results(self, queue_id: str, results: list[DeliveryResult], now: float,
+                             next_at: float | None, owed: dict[int, str]) -> None:
+        """``store.record_results``, tried again while the store is unavailable (e.g. a
+        database restart) for up to half the lease, which we still hold: the outcome is
+        recorded as soon as the store is back instead of waiting for the lease to
+        expire. Other errors, or a longer outage, propagate (the lease then expires)."""
+        deadline = time.monotonic() + self.lease_seconds / 2
+        pause = 0.25
+        while True:
+            try:
+                if owed:
+                    await self.store.record_results(queue_id, results, now, next_at, dsn=owed)
+                else:
+                    await self.store.record_results(queue_id, results, now, next_at)
+                return
+            except StoreError as exc:
+                if (not getattr(exc, "transient", False) or self._stopping
+                        or time.monotonic() + pause > deadline):
+                    raise
+                log.warning("%s: recording results failed (%s); retrying in %.2fs",
+                            queue_id, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     # ------------------------------------------------------------------ DSNs
     def _owed_dsns(self, message: QueuedMessage, by_id: Mapping[int, QueuedRecipient],

@@ -37,7 +37,9 @@ _UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInte
 
 
 class StoreUnavailable(StoreError):
-    """PostgreSQL cannot be reached (or the connection was lost mid-query)."""
+    """PostgreSQL cannot be reached (or the connection was lost mid-query). ``transient``:
+    the same call may succeed once the server is back (the queue manager retries)."""
+    transient = True
 
 
 def valid_schema(schema: str) -> str:

@@ -34,13 +34,14 @@ T = TypeVar("T")
 
 _ACQUIRE = """
 INSERT INTO destination_slots (destination, slot, owner, node, lease_until)
-SELECT $1, s, $3, $4, $5 + $6 FROM generate_series(0, $2 - 1) AS s
- WHERE NOT EXISTS (SELECT 1 FROM destination_slots d WHERE d.destination = $1
-                    AND d.slot = s AND d.lease_until > $5)
+SELECT $1::text, s, $3::text, $4::text, $5::float8 + $6::float8
+  FROM generate_series(0, $2::int4 - 1) AS s
+ WHERE NOT EXISTS (SELECT 1 FROM destination_slots d WHERE d.destination = $1::text
+                    AND d.slot = s AND d.lease_until > $5::float8)
  ORDER BY s LIMIT 1
 ON CONFLICT (destination, slot) DO UPDATE
    SET owner = EXCLUDED.owner, node = EXCLUDED.node, lease_until = EXCLUDED.lease_until
- WHERE destination_slots.lease_until <= $5
+ WHERE destination_slots.lease_until <= $5::float8
 RETURNING slot"""
 
 
