@@ -653,6 +653,10 @@ sync_method = "{sync_method}"
 [outbound]
 nameservers = ["{nameserver}"]   # bench/loopback_dns.py: SPF/DMARC lookups stay on loopback
 
+[auth]
+skip_networks = []     # check smtp-source's loopback mail like a remote MX's (SPF, DKIM,
+                       # ARC, DMARC, Authentication-Results): the real per-message work
+
 [delivery]
 fsync = true          # full durability for delivery too (the default, stated)
 discard_domains = {discard}   # mirrors --postfix-delivery: discard after intake, or Maildir

@@ -269,10 +269,14 @@ def test_attachments():
         .replace(b".exe", b".bin")
     assert content().check_data(session(), TransactionInfo(), view(by_type)).action \
         is Action.REJECT
-    m = view(EXE_MAIL)
+    m = view(EXE_MAIL)          # "quarantine": held in the store, not the Junk folder
     assert content(action="quarantine").check_data(session(), TransactionInfo(), m).action \
         is Action.CONTINUE
-    assert m.quarantine_reason == "content rule attachment"
+    assert (m.hold_reason, m.quarantine_reason) == ("content rule attachment", "")
+    m = view(EXE_MAIL)          # "junk": the Junk folder
+    assert content(action="junk").check_data(session(), TransactionInfo(), m).action \
+        is Action.CONTINUE
+    assert (m.hold_reason, m.quarantine_reason) == ("", "content rule attachment")
     # a plain message is judged from its header alone (never read)
     never = MessageView(b"Subject: x\r\n\r\n", 10, lambda: pytest.fail("body read"))
     assert content().check_data(session(), TransactionInfo(), never).action is Action.CONTINUE
@@ -308,9 +312,13 @@ def test_spam_score_thresholds_and_filter():
     assert v.action is Action.CONTINUE and m.spam_score == 2.5
     assert b"X-Spam-Flag" not in m.prefix() and b"X-Spam-Status: No, score=2.5" in m.prefix()
     v, m = judge((4.0, 1.5))
-    assert b"X-Spam-Flag: YES" in m.prefix() and not m.quarantine_reason
+    assert b"X-Spam-Flag: YES" in m.prefix() and not m.quarantine_reason and not m.hold_reason
     v, m = judge((4.0, 4.5), quarantine=8)
-    assert m.quarantine_reason == "spam score 8.5"
+    assert (m.hold_reason, m.quarantine_reason) == ("spam score 8.5", "")
+    v, m = judge((4.0, 4.5), quarantine=9, junk=6)
+    assert (m.hold_reason, m.quarantine_reason) == ("", "spam score 8.5")
+    v, m = judge((4.0, 5.5), quarantine=9, junk=6)            # both reached: held
+    assert (m.hold_reason, m.quarantine_reason) == ("spam score 9.5", "")
     v, m = judge((10.0, 5.0), reject=15)
     assert (v.reply.code, v.reply.enhanced) == (554, "5.7.1") and "score 15.0" in v.reason
     s, txn, m = session(), TransactionInfo(), view(PLAIN_MAIL)

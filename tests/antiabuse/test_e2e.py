@@ -2,6 +2,7 @@
 clients on other 127.x source addresses (bound explicitly)."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -84,6 +85,17 @@ def test_listed_client_refused_and_list_logged(screened):
     while "blocked using zen.test" not in screened.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "check=dnsbl reason=client 127.0.0.2 blocked using zen.test" in screened.log()
+    # ... and in the message trace, found by the client's address
+    deadline = time.monotonic() + 5
+    while True:
+        traced = screened.cli("trace", "127.0.0.2", "--json", check=False)
+        if traced.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    [refused] = json.loads(traced.stdout)["steps"]
+    assert refused["kind"] == "refused" and refused["data"]["reply"].startswith("554 5.7.1")
+    [dnsbl] = [v for v in refused["data"]["verdicts"] if v["check"] == "dnsbl"]
+    assert "blocked using zen.test" in dnsbl["reason"]
     # an unlisted client gets the greeting (after the delay)
     ok = Client(screened.port, "127.0.0.3")
     t0 = time.monotonic()

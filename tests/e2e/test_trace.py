@@ -118,8 +118,10 @@ def test_refused_recipient_and_dmarc_rejection_explain_why(setup):
     assert step["data"]["reply"].startswith("550 5.7.1")
     dmarc = [v for v in step["data"]["verdicts"] if v["check"] == "dmarc"][0]
     assert dmarc["action"] == "reject" and "p=reject" in dmarc["reason"]
+    assert dmarc["evidence"]["record"] == "v=DMARC1; p=reject"
     spf = [v for v in step["data"]["verdicts"] if v["check"] == "spf"][0]
     assert "spf=fail" in spf["reason"]
+    assert spf["evidence"]["record"] == "v=spf1 ip4:192.0.2.0/24 -all"
     text = trace(srv, "ceo@bank.test").stdout
     assert "rejected at DATA from <ceo@bank.test>: 550 5.7.1" in text
 

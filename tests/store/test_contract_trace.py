@@ -28,6 +28,9 @@ async def test_query_by_queue_id_message_id_and_address(store):
     assert [e.queue_id for e in await store.query_trace(address="b_x@example.net")] == ["q2"]
     assert await store.query_trace(address="b%@example.net") == []      # no wildcards
     assert await store.query_trace(address="example.net") == []
+    # client address: every transaction and refusal from it
+    assert len(await store.query_trace(client_ip="192.0.2.1")) == 3
+    assert await store.query_trace(client_ip="192.0.2.99") == []
     # time window
     assert [e.at for e in await store.query_trace(address="a@example.org", since=T0 + 1)] \
         == [T0 + 2]

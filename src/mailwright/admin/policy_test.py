@@ -76,7 +76,8 @@ class Replay:
     steps: list[StepResult] = field(default_factory=list)
     accepted_recipients: list[str] = field(default_factory=list)
     added_headers: list[str] = field(default_factory=list)
-    quarantine: str = ""
+    quarantine: str = ""        # Junk folder reason
+    held: str = ""              # held-in-quarantine reason (mailwright quarantine)
     outcome: str = "refused"    # accepted | partial | refused | deferred
 
     @property
@@ -338,6 +339,7 @@ async def replay(settings: Any, store: Any, *, ip: str, helo: str, sender: str,
         if view.quarantine_reason:
             added = quarantine_field(view.quarantine_reason) + added
         out.quarantine = view.quarantine_reason
+        out.held = view.hold_reason
         out.added_headers = [f.decode("utf-8", "replace") for f in _fields(prefix + added)]
         return finish("accepted" if len(out.accepted_recipients) == len(rcpt_addrs)
                       else "partial")

@@ -1,8 +1,8 @@
 """The message trace: "where is this message and why", in one timeline.
 
 What: ``trace(store, query, since=None, until=None) -> Trace`` finds the SMTP transactions
-and queued messages a query names (a queue id, a Message-ID, or an address as sender or
-recipient) and merges what the store knows about them into one time-ordered list of
+and queued messages a query names (a queue id, a Message-ID, an address as sender or
+recipient, or a client IP address) and merges what the store knows about them into one time-ordered list of
 ``Step`` values: the transaction outcome with the connection (client, HELO, TLS,
 authenticated user) and every policy verdict with its reason (``trace_events``, written by
 net/session.py), the routing of each recipient, every delivery attempt with the remote
@@ -16,6 +16,7 @@ separate from gathering, and ``Trace.to_dict`` is the ``--json`` form.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ def classify(query: str) -> str:
     q = query.strip()
     if QUEUE_ID.match(q.lower()):
         return "queue_id"
+    try:
+        ipaddress.ip_address(q)
+        return "client_ip"
+    except ValueError:
+        pass
     if q.startswith("<") and q.endswith(">"):
         return "message_id"
     if "@" in q:
@@ -73,6 +79,9 @@ def _verdict_lines(data: dict) -> list[str]:
         if v.get("reply"):
             line += f" [{v['reply']}]"
         out.append(line)
+        record = (v.get("evidence") or {}).get("record")
+        if record:
+            out.append(f"  {v.get('check')} record: {record}")
     return out
 
 
@@ -111,6 +120,8 @@ def _event_step(e) -> Step:
                       f"{r.get('reason')})")
     if d.get("quarantine"):
         detail.append(f"quarantined: {d['quarantine']}")
+    if d.get("held"):
+        detail.append(f"held in quarantine: {d['held']}")
     return Step(e.at, e.kind, e.queue_id, summary, detail,
                 {"session_id": e.session_id, "client_ip": e.client_ip, "sender": e.sender,
                  "recipients": list(e.recipients), "message_id": e.message_id, **d})
@@ -170,6 +181,9 @@ async def trace(store, query: str, *, since: float | None = None,
     elif kind == "message_id":
         mid = q if q.startswith("<") else f"<{q}>"
         events = await store.query_trace(message_id=mid, since=since, until=until)
+    elif kind == "client_ip":
+        events = await store.query_trace(client_ip=str(ipaddress.ip_address(q)),
+                                         since=since, until=until)
     else:
         events = await store.query_trace(address=q, since=since, until=until)
     steps = [_event_step(e) for e in events]

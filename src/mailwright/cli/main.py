@@ -14,6 +14,7 @@ mailwright.cli.main``). Commands::
     mailwright [-c FILE] user grants LOGIN [--json]
     mailwright [-c FILE] alias add SOURCE TARGET... | alias list [--json] | alias remove SOURCE
     mailwright [-c FILE] queue list|show|hold|release|retry|delete|flush|audit ...  (cli/queue.py)
+    mailwright [-c FILE] quarantine list|show|release|delete ...      (cli/quarantine.py)
     mailwright [-c FILE] policy test --ip IP --helo NAME --from S --to R... FILE [--json]
                                                                       (cli/policy.py)
     mailwright [-c FILE] trace QUEUE-ID|MESSAGE-ID|ADDRESS [--since D] [--json] (cli/trace.py)
@@ -164,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub(al, "remove", "remove an alias", cmd_alias_remove).add_argument("source")
 
     from . import diag as diag_cli, dkim as dkim_cli, dns as dns_cli, trace as trace_cli
-    from . import policy as policy_cli, queue as queue_cli
+    from . import policy as policy_cli, quarantine as quarantine_cli, queue as queue_cli
     queue_cli.register(group, sub)
+    quarantine_cli.register(group, sub)
     policy_cli.register(group, sub)
     from . import dmarc as dmarc_cli
     trace_cli.register(cmds, common, as_json)

@@ -79,4 +79,6 @@ def _print(ctx: Any, r: Any) -> None:
             ctx.print("  " + f.replace("\r\n", "\n  "))
     if r.quarantine:
         ctx.print(f"quarantine (Junk folder): {r.quarantine}")
+    if r.held:
+        ctx.print(f"held in quarantine (mailwright quarantine): {r.held}")
     ctx.print(f"outcome: {r.outcome}")

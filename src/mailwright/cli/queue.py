@@ -179,6 +179,8 @@ async def cmd_queue_show(ctx: Any) -> int:
             ("auth user", e.auth_user or "-"), ("listener", e.listener),
             ("body", e.body_type + (" SMTPUTF8" if e.smtputf8 else "")),
             ("attempts", len(attempts))]
+    if e.quarantine:
+        info.append(("quarantine", f"{e.quarantine} (mailwright quarantine release|delete)"))
     width = max(len(k) for k, _ in info)
     for k, v in info:
         ctx.print(f"{k.ljust(width)}  {v}")

@@ -1,9 +1,10 @@
 """``mailwright trace QUERY``: where a message is and why (admin/trace.py).
 
-    mailwright trace QUEUE-ID | MESSAGE-ID | ADDRESS [--since DURATION] [--until DURATION]
-                     [--json]
+    mailwright trace QUEUE-ID | MESSAGE-ID | ADDRESS | CLIENT-IP [--since DURATION]
+                     [--until DURATION] [--json]
 
-QUERY is a queue id, a Message-ID (``<...>``) or an address (as sender or recipient).
+QUERY is a queue id, a Message-ID (``<...>``), an address (as sender or recipient) or a
+client IP address (every transaction and refused connection from it).
 ``--since 2h`` / ``--until 30m`` bound the time window (s, m, h, d; relative to now).
 Prints a readable timeline; ``--json`` the same for scripts. Exit 0 when something was
 found, 1 when nothing was recorded.
@@ -32,7 +33,8 @@ def register(cmds: Any, common: Any, as_json: Any) -> None:
     p = cmds.add_parser("trace", help="where is this message and why (timeline)",
                         parents=[common, as_json],
                         description="Trace messages by queue id, Message-ID or address.")
-    p.add_argument("query", metavar="QUERY", help="queue id, <message-id> or address")
+    p.add_argument("query", metavar="QUERY",
+                   help="queue id, <message-id>, address or client IP")
     p.add_argument("--since", type=parse_duration, metavar="DURATION",
                    help="only events newer than this (e.g. 2h)")
     p.add_argument("--until", type=parse_duration, metavar="DURATION",

@@ -235,9 +235,11 @@ class ContentRule:
                          "decoded text parts.")
     pattern: str = _key(conv=_pattern, doc="Python regular expression, searched "
                                             "case-insensitively.")
-    action: str = _key("tag", conv=_choice("reject", "quarantine", "tag"),
-                       doc="'reject' (554 5.7.1), 'quarantine' (Junk folder) or 'tag' "
-                           "(adds score and marks the message as spam).")
+    action: str = _key("tag", conv=_choice("reject", "quarantine", "junk", "tag"),
+                       doc="'reject' (554 5.7.1), 'quarantine' (held in the store until an "
+                           "operator releases it: mailwright quarantine), 'junk' (delivered "
+                           "to the Junk folder) or 'tag' (adds score and marks the message "
+                           "as spam).")
     score: float = _key(0.0, conv=_any_number, doc="Points added to the spam score on a match.")
 
     @property
@@ -361,13 +363,19 @@ class AntiAbuseSettings:
     blocked_mime_types: tuple[str, ...] = _key(
         conv=_mime_types, factory=lambda: DEFAULT_BLOCKED_MIME_TYPES,
         doc="Attachment MIME types acted on with attachment_action.")
-    attachment_action: str = _key("reject", conv=_choice("reject", "quarantine", "tag", "off"),
-                                  doc="What a blocked attachment does.")
+    attachment_action: str = _key("reject",
+                                  conv=_choice("reject", "quarantine", "junk", "tag", "off"),
+                                  doc="What a blocked attachment does (actions as for "
+                                      "content rules).")
     # -- spam score
     tag_threshold: float = _key(5.0, conv=_any_number,
                                 doc="Spam score at which X-Spam-Flag: YES is added.")
     quarantine_threshold: float = _key(0.0, conv=_number(),
-                                       doc="Spam score at which mail goes to Junk; 0 = never.")
+                                       doc="Spam score at which mail is held in quarantine "
+                                           "(mailwright quarantine); 0 = never.")
+    junk_threshold: float = _key(0.0, conv=_number(),
+                                 doc="Spam score at which mail goes to the Junk folder; "
+                                     "0 = never.")
     reject_threshold: float = _key(15.0, conv=_number(),
                                    doc="Spam score at which mail is refused; 0 = never.")
     rspamd_url: str = _key("", conv=_url,

@@ -64,8 +64,12 @@ _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,500}>)", re.I | re.M)
 
 
 def _verdict_dict(v: Verdict) -> dict:
-    return {"check": v.check, "action": v.action.value, "reason": v.reason,
-            **({"reply": str(v.reply)} if v.reply is not None else {})}
+    out = {"check": v.check, "action": v.action.value, "reason": v.reason}
+    if v.reply is not None:
+        out["reply"] = str(v.reply)
+    if v.data:
+        out["evidence"] = v.data          # e.g. the SPF record, the DMARC policy found
+    return out
 
 
 def _trace_done(task: asyncio.Task) -> None:
@@ -353,6 +357,7 @@ class SmtpSession(asyncio.Protocol):
         if prefix:
             blob.prepend(prefix)
         self.txn.facts["quarantine"] = message.quarantine_reason
+        self.txn.facts["held"] = message.hold_reason      # quarantine held in the store
         return verdict
 
     def _on_rcpt(self, event: ev.RcptTo) -> bool:
@@ -618,6 +623,7 @@ class SmtpSession(asyncio.Protocol):
             envid=mail.params.envid if mail else None,
             size=blob.size,
             listener=self.listener.name,
+            quarantine=self.txn.facts.get("held", ""),
         )
         commit_started = time.monotonic()
         try:
@@ -694,7 +700,7 @@ class SmtpSession(asyncio.Protocol):
         data = {"listener": info.listener, "port": info.client_port, "helo": info.helo,
                 "tls": info.tls, "auth_user": info.auth_user,
                 "verdicts": [_verdict_dict(v) for v in (*info.verdicts, *txn.verdicts)]}
-        for key in ("routes", "refused", "quarantine", "rewritten"):
+        for key in ("routes", "refused", "quarantine", "held", "rewritten"):
             if txn.facts.get(key):
                 data[key] = txn.facts[key]
         if reply is not None:

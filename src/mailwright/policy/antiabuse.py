@@ -130,6 +130,6 @@ def build_antiabuse(settings: Any, *, resolver: Any, state: Any, hostname: str) 
         c["data"].append(RspamdCheck(a.rspamd_url, timeout=a.rspamd_timeout,
                                      failure=a.rspamd_failure))
     c["data"].append(SpamScoreStage(tag=a.tag_threshold, quarantine=a.quarantine_threshold,
-                                    reject=a.reject_threshold))
+                                    reject=a.reject_threshold, junk=a.junk_threshold))
     out.header_filters.append(spam_header_filter)
     return out

@@ -104,15 +104,18 @@ class SpfStage:
         reason = f"spf={result.result} domain={result.domain}"
         if result.reason:
             reason += f" ({result.reason})"
+        evidence = {"domain": result.domain, "identity": result.identity,
+                    "record": result.record, "mechanism": result.mechanism,
+                    "lookups": result.lookups}
         if result.result == "temperror" and self.settings.spf_temperror == "tempfail":
-            return Verdict(Action.TEMPFAIL, self.name, SPF_TEMPERROR, reason)
+            return Verdict(Action.TEMPFAIL, self.name, SPF_TEMPERROR, reason, evidence)
         if result.result == "fail" and self.settings.spf_fail == "reject":
             reply = SPF_FAILED
             if result.explanation:
                 reply = Reply(550, "5.7.23", f"SPF validation failed: "
                                              f"{result.explanation[:200]}")
-            return Verdict(Action.REJECT, self.name, reply, reason)
-        return Verdict(Action.CONTINUE, self.name, reason=reason)
+            return Verdict(Action.REJECT, self.name, reply, reason, evidence)
+        return Verdict(Action.CONTINUE, self.name, reason=reason, data=evidence)
 
 
 class DkimStage:
@@ -141,7 +144,10 @@ class DkimStage:
             message.auth_results.append(MethodResult("dkim", r.result, _why(r.result, r.reason),
                                                      props))
         summary = " ".join(f"dkim={r.result}:{r.domain}" for r in results)
-        return Verdict(Action.CONTINUE, self.name, reason=summary)
+        evidence = {"signatures": [
+            {"d": r.domain, "s": r.selector, "a": r.algorithm, "result": r.result,
+             "reason": r.reason, "key_bits": r.key_bits} for r in results]}
+        return Verdict(Action.CONTINUE, self.name, reason=summary, data=evidence)
 
 
 class ArcStage:
@@ -213,6 +219,10 @@ class DmarcStage:
             [("header", "from", author)]))
         reason = f"dmarc={result.result} p={result.policy} disposition={disposition} " \
                  f"from={author}: {result.reason}" + (f"; {override}" if override else "")
+        evidence = {"from_domain": author, "policy_domain": result.policy_domain,
+                    "record": result.record.raw if result.record is not None else "",
+                    "spf_aligned": result.spf_aligned, "dkim_aligned": result.dkim_aligned,
+                    "disposition": disposition}
         if self.recorder is not None:
             try:
                 self.recorder(session, txn, result, disposition)
@@ -220,18 +230,18 @@ class DmarcStage:
                 log.exception("recording the DMARC result failed")
         if result.result == "temperror":
             if self.settings.dmarc_temperror == "tempfail":
-                return Verdict(Action.TEMPFAIL, self.name, DMARC_TEMPERROR, reason)
-            return Verdict(Action.CONTINUE, self.name, reason=reason)
+                return Verdict(Action.TEMPFAIL, self.name, DMARC_TEMPERROR, reason, evidence)
+            return Verdict(Action.CONTINUE, self.name, reason=reason, data=evidence)
         if result.result != "fail":
-            return Verdict(Action.CONTINUE, self.name, reason=reason)
+            return Verdict(Action.CONTINUE, self.name, reason=reason, data=evidence)
         action = {"reject": self.settings.dmarc_reject,
                   "quarantine": self.settings.dmarc_quarantine}.get(disposition, "accept")
         if action == "reject":
             return Verdict(Action.REJECT, self.name, dmarc_rejected(result.policy_domain
-                                                                    or author), reason)
+                                                                    or author), reason, evidence)
         if action == "quarantine":
             message.quarantine(f"dmarc=fail (p={result.policy}) header.from={author}")
-        return Verdict(Action.CONTINUE, self.name, reason=reason)
+        return Verdict(Action.CONTINUE, self.name, reason=reason, data=evidence)
 
 
 class AuthResultsStage:

@@ -12,9 +12,11 @@ What: ``ContentCheck`` (data step) looks at the message once:
 
 Actions (first refusal wins): ``reject`` → ``554 5.7.1 Message content rejected`` or, for
 attachments, ``554 5.7.1 Message refused: attachment type not allowed`` (RFC 3463 X.7.1,
-delivery not authorized; RFC 5321 §4.2.5 554 after the final dot); ``quarantine`` → the
-recipient's Junk folder (``MessageView.quarantine``); ``tag`` → the rule's score is added
-and the message is marked as spam (``X-Spam-Flag: YES`` by policy/spamscore.py).
+delivery not authorized; RFC 5321 §4.2.5 554 after the final dot); ``quarantine`` → held
+in the store's quarantine until an operator releases or deletes it (``MessageView.hold``,
+``mailwright quarantine``); ``junk`` → delivered to the recipient's Junk folder
+(``MessageView.quarantine``); ``tag`` → the rule's score is added and the message is
+marked as spam (``X-Spam-Flag: YES`` by policy/spamscore.py).
 
 ``links(txn, message, limit)`` gives the host names of http(s) links and ``www.`` names in
 the text parts, for the RHSBL link check (policy/dnsbl.py).
@@ -168,6 +170,8 @@ class ContentCheck:
         if action == "reject":
             return Verdict(Action.REJECT, self.name, reply, why)
         if action == "quarantine":
+            message.hold(f"content rule {rule}")
+        elif action == "junk":
             message.quarantine(f"content rule {rule}")
         else:       # tag
             mark_spam(txn.facts, rule)

@@ -52,11 +52,15 @@ class MessageView:
     ``header`` is the header section as received (bounded, see message.headers); ``read()``
     returns the whole message (read back from the blob once, then cached). Checks add
     header fields with ``add_header`` (prepended in the order added, above what arrived)
-    and may ask for delivery to the Junk folder with ``quarantine``.
+    and may ask for delivery to the Junk folder with ``quarantine`` (DMARC p=quarantine,
+    "junk" actions), or for the stronger ``hold``: the message is committed with every
+    recipient HELD and the reason stored with it, delivered only when an operator
+    releases it (``mailwright quarantine``; "quarantine" actions of the anti-abuse rules).
+    The first reason of each kind wins.
     """
 
     __slots__ = ("header", "size", "_reader", "_data", "added_headers", "auth_results",
-                 "quarantine_reason", "spam_score", "spam_tags")
+                 "quarantine_reason", "hold_reason", "spam_score", "spam_tags")
 
     def __init__(self, header: bytes, size: int, reader: Callable[[], bytes]) -> None:
         self.header = header
@@ -66,6 +70,7 @@ class MessageView:
         self.added_headers: list[bytes] = []
         self.auth_results: list[Any] = []      # mailauth.authresults.MethodResult values
         self.quarantine_reason = ""
+        self.hold_reason = ""
         self.spam_score = 0.0
         self.spam_tags: list[str] = []
 
@@ -81,8 +86,14 @@ class MessageView:
         self.added_headers.append(field_bytes)
 
     def quarantine(self, reason: str) -> None:
+        """Deliver to the recipients' Junk folder (our X-Mailwright-Quarantine field)."""
         if not self.quarantine_reason:
             self.quarantine_reason = reason
+
+    def hold(self, reason: str) -> None:
+        """Hold the message in the store's quarantine until an operator releases it."""
+        if not self.hold_reason:
+            self.hold_reason = reason
 
     def header_values(self, name: str) -> list[str]:
         """Unfolded values of every field called ``name`` in the received header section."""

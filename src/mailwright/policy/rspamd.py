@@ -13,6 +13,8 @@ rspamd action       what we do
 reject              ``554 5.7.1 Message rejected as spam`` (RFC 3463 X.7.1)
 soft reject         ``451 4.7.1 Try again later`` (temporary, RFC 5321 §4.2.5)
 greylist            ``451 4.7.1 Greylisted, try again later`` (RFC 6647)
+quarantine          held in the store's quarantine (``MessageView.hold``; rspamd >= 1.9
+                    sends it when its ``quarantine`` action is configured)
 add header /        marked as spam (``X-Spam-Flag: YES`` by policy/spamscore.py)
 rewrite subject
 no action           nothing
@@ -149,6 +151,9 @@ class RspamdCheck:
             return Verdict(Action.TEMPFAIL, self.name, SOFT_REJECT, why)
         if result.action == "greylist":
             return Verdict(Action.TEMPFAIL, self.name, GREYLISTED, why)
+        if result.action == "quarantine":
+            message.hold(f"rspamd quarantine score {result.score:.2f}")
+            mark_spam(txn.facts, "rspamd")
         if result.action in ("add header", "rewrite subject"):
             mark_spam(txn.facts, "rspamd")
         return Verdict(Action.CONTINUE, self.name, reason=why)

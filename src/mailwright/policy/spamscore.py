@@ -9,7 +9,9 @@ fills ``MessageView.spam_score``/``spam_tags``, and applies the thresholds:
 
 * ``reject_threshold`` (> 0): ``554 5.7.1`` (RFC 3463 §3.8 X.7.1: delivery not
   authorized, message refused);
-* ``quarantine_threshold`` (> 0): the recipient's Junk folder;
+* ``quarantine_threshold`` (> 0): held in the store's quarantine (``MessageView.hold``,
+  released or deleted with ``mailwright quarantine``);
+* ``junk_threshold`` (> 0): the recipient's Junk folder (``MessageView.quarantine``);
 * ``tag_threshold`` or a forced flag: ``X-Spam-Flag: YES``.
 
 Whenever any rule contributed, ``X-Spam-Status: Yes|No, score=S tagged_above=T
@@ -69,9 +71,11 @@ def spam_header_filter(header: bytes) -> bytes:
 class SpamScoreStage:
     name = "spamscore"
 
-    def __init__(self, *, tag: float, quarantine: float, reject: float) -> None:
+    def __init__(self, *, tag: float, quarantine: float, reject: float,
+                 junk: float = 0.0) -> None:
         self.tag = tag
         self.quarantine_at = quarantine
+        self.junk_at = junk
         self.reject = reject
 
     def check_data(self, session: SessionInfo, txn: TransactionInfo,
@@ -98,6 +102,9 @@ class SpamScoreStage:
              f"tagged_above={_fmt(self.tag)}\r\n tests={','.join(tests) or 'none'}\r\n")
             .encode("utf-8", "replace"))
         if self.quarantine_at > 0 and total >= self.quarantine_at:
+            message.hold(f"spam score {_fmt(total)}")
+            return Verdict(Action.CONTINUE, self.name, reason=f"{why}: quarantined (held)")
+        if self.junk_at > 0 and total >= self.junk_at:
             message.quarantine(f"spam score {_fmt(total)}")
-            return Verdict(Action.CONTINUE, self.name, reason=f"{why}: quarantined")
+            return Verdict(Action.CONTINUE, self.name, reason=f"{why}: to Junk")
         return Verdict(Action.CONTINUE, self.name, reason=why + (" (tagged)" if is_spam else ""))

@@ -48,6 +48,8 @@ class Envelope:
     envid: str | None = None         # RFC 3461 ENVID
     size: int = 0                    # octets of the stored body
     listener: str = "smtp"           # name of the listener that accepted it
+    quarantine: str = ""             # reason the message is held in quarantine ("" = not):
+                                     # every recipient committed HELD (policy MessageView.hold)
 
 
 @dataclass(slots=True)

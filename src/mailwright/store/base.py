@@ -5,6 +5,9 @@ Invariants every backend keeps (and the contract tests in tests/store check):
   rows are durable (fsync'd). Only then may the SMTP layer answer 250.
 * A message is visible to ``claim_due`` only when committed; a half-written blob from a
   crash is never visible and ``recover()`` removes it.
+* An envelope with ``quarantine`` set is committed with every recipient HELD and the
+  reason stored with the message (``mailwright quarantine``); nothing claims it until
+  an operator releases it (``queue_release``, which clears the mark).
 * Recipient state changes are recorded per recipient; a message whose recipients are all
   final and owe no DSN is complete and its blob may be removed.
 * DSN bookkeeping (RFC 3464): an owed DSN is flagged per recipient in the same transaction
@@ -134,11 +137,11 @@ class Store(Protocol):
     async def record_trace(self, events: Sequence["TraceEvent"]) -> None:
         """Append trace events (not fsync'd on their own: they ride on the next commit)."""
     async def query_trace(self, *, queue_ids: Sequence[str] = (), message_id: str = "",
-                          address: str = "", since: float | None = None,
-                          until: float | None = None, limit: int = 1000
-                          ) -> list["TraceEvent"]:
+                          address: str = "", client_ip: str = "",
+                          since: float | None = None, until: float | None = None,
+                          limit: int = 1000) -> list["TraceEvent"]:
         """Events matching any of: the queue ids, the Message-ID, the address (as sender
-        or recipient), within [since, until], oldest first."""
+        or recipient), the client IP, within [since, until], oldest first."""
     async def prune_trace(self, before: float) -> int:
         """Delete events older than ``before``; returns how many."""
 
@@ -176,7 +179,9 @@ class Store(Protocol):
         {queue id: recipients changed} for EVERY matching message (0 = nothing to do)."""
     async def queue_release(self, flt: "QueueFilter", now: float, *,
                             audit: "AuditRecord | None" = None) -> dict[str, int]:
-        """Matched recipients HELD → QUEUED, due at ``now`` at the latest; as queue_hold."""
+        """Matched recipients HELD → QUEUED, due at ``now`` at the latest; as queue_hold.
+        A changed message left with no HELD recipient loses its quarantine mark
+        (``Envelope.quarantine``)."""
     async def queue_retry(self, flt: "QueueFilter", now: float, *,
                           audit: "AuditRecord | None" = None) -> dict[str, int]:
         """Matched QUEUED recipients due now (``next_attempt_at = now``); as queue_hold."""
@@ -189,8 +194,10 @@ class Store(Protocol):
                            ) -> tuple[dict[str, int], list[str]]:
         """Operator bounce: ``failures`` maps queue id → {recipient id: DSN action owed
         or None}. Each listed recipient still QUEUED or HELD becomes FAILED with
-        ``reply``/``status`` (an attempt row is added; ``dsn_pending`` set when an action
-        is given), then the message completes if done (body removed when no DSN is owed).
+        ``reply``/``status``, ``final_at = now``, ``remote_mta`` "" (no attempt row:
+        ``attempts`` and the attempt history are those of real deliveries;
+        ``dsn_pending`` set when an action is given), then the message completes if done
+        (body removed when no DSN is owed).
         A message under a live lease (being delivered right now) is skipped whole.
         Returns ({queue id: recipients failed}, [skipped queue ids])."""
     async def add_audit(self, record: "AuditRecord") -> None: ...
@@ -233,7 +240,8 @@ class QueueFilter:
     ``sender`` ("a@b" exactly, "@domain" by domain, "" the null sender; case-insensitive);
     ``received_at`` is <= ``received_before`` and >= ``received_after`` (when given); and
     at least one of its recipients matches ``recipient_matches`` and, when ``state`` is
-    given, is in that state. Actions on recipients touch only recipients that match
+    given, is in that state; with ``quarantined``, it carries a quarantine mark
+    (``Envelope.quarantine``). Actions on recipients touch only recipients that match
     ``recipient_matches`` (the state filter selects messages, the action its own state).
     """
     queue_ids: tuple[str, ...] = ()
@@ -244,6 +252,7 @@ class QueueFilter:
     received_before: float | None = None
     received_after: float | None = None
     error: str | None = None          # case-insensitive substring of last_reply
+    quarantined: bool = False         # only messages held in quarantine (reason set)
 
     def recipient_matches(self, address: str, last_reply: str) -> bool:
         """The recipient conditions (``recipient``, ``domain``, ``error``), as the

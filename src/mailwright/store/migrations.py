@@ -35,6 +35,9 @@ the SCRAM-SHA-256 verifier (RFC 7677) kept beside the scrypt password hash.
 Version 8 adds ``dmarc_results(at, policy_domain, data JSON)``: DMARC evaluations waiting
 for their aggregate report.
 
+Version 9 adds ``messages.quarantine``: the reason a message is held in quarantine
+(committed with every recipient HELD; cleared when an operator releases it).
+
 Version 6 adds ``trace_events(at, kind, session_id, queue_id, message_id, sender,
 recipients, client_ip, data JSON)``: the message trace (one row per SMTP transaction
 outcome; recipients space-separated and lower-cased, between spaces, for LIKE queries).
@@ -203,6 +206,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE dmarc_results (id INTEGER PRIMARY KEY, at REAL NOT NULL, "
         "policy_domain TEXT NOT NULL, data TEXT NOT NULL)",
         "CREATE INDEX dmarc_results_at ON dmarc_results (at)",
+    ],
+    # 8 -> 9: quarantine held in the store (``mailwright quarantine``): the reason a
+    # message was committed with every recipient HELD ('' = not quarantined).
+    [
+        "ALTER TABLE messages ADD COLUMN quarantine TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX messages_quarantine ON messages (queue_id) WHERE quarantine != ''",
     ],
 ]
 

@@ -59,6 +59,8 @@ def _select_sql(flt: QueueFilter, limit: int | None, lock: bool) -> tuple[str, l
         conds.append(f"m.queue_id = ANY(${len(args)}::text[])")
     elif flt.state is None:
         conds.append("m.completed_at IS NULL")
+    if flt.quarantined:
+        conds.append("m.quarantine <> ''")
     if flt.sender is not None:
         sender = flt.sender.lower()
         args.append(sender)
@@ -121,7 +123,10 @@ class QueueOps:
 
     async def _queue_change(self, flt: QueueFilter, from_state: str, set_sql: str,
                             set_args: Sequence[Any], audit: AuditRecord | None,
-                            wake: bool) -> dict[str, int]:
+                            wake: bool, release: bool = False) -> dict[str, int]:
+        """Matched recipients in ``from_state`` of the matching messages get ``set_sql``;
+        ``wake``: NOTIFY; ``release``: a changed message left without HELD recipients
+        loses its quarantine mark."""
         async def fn(c: asyncpg.Connection) -> dict[str, int]:
             counts = dict.fromkeys(await self._select_ids(c, flt, lock=True), 0)
             args: list[Any] = list(set_args) + [from_state, list(counts)]
@@ -134,6 +139,12 @@ class QueueOps:
             changed = [q for q, n in counts.items() if n]
             if changed:
                 await c.execute(_REFRESH_DUE, changed)
+                if release:
+                    await c.execute(
+                        "UPDATE messages m SET quarantine = '' WHERE m.quarantine <> ''"
+                        " AND m.queue_id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM"
+                        " recipients r WHERE r.queue_id = m.queue_id AND r.state = 'held')",
+                        changed)
                 if wake:
                     await c.execute(notify_sql(), self.channel)
             await self._write_audit(c, audit, changed)
@@ -148,7 +159,7 @@ class QueueOps:
                             audit: AuditRecord | None = None) -> dict[str, int]:
         return await self._queue_change(
             flt, "held", "state = 'queued', next_attempt_at = LEAST(next_attempt_at, $1)",
-            (float(now),), audit, True)
+            (float(now),), audit, True, release=True)
 
     async def queue_retry(self, flt: QueueFilter, now: float, *,
                           audit: AuditRecord | None = None) -> dict[str, int]:
@@ -195,6 +206,7 @@ class QueueOps:
                     continue
                 n = 0
                 for rid, action in owed.items():
+                    # (no attempts row: the history is that of real deliveries)
                     hit = await c.fetchval(
                         "UPDATE recipients SET state = 'failed', last_reply = $1, status = $2,"
                         " final_at = $3, remote_mta = '', dsn_pending = $4"
@@ -202,9 +214,6 @@ class QueueOps:
                         " RETURNING id", reply, status, at, action, int(rid), qid)
                     if hit is not None:
                         n += 1
-                        await c.execute(
-                            "INSERT INTO attempts (recipient_id, at, ok, permanent, reply,"
-                            " remote_mta) VALUES ($1, $2, false, true, $3, '')", hit, at, reply)
                 done[qid] = n
                 if n:
                     await c.execute(_REFRESH_DUE, [qid])

@@ -45,6 +45,10 @@ Version 5 (PostgreSQL only) adds ``mailbox_messages`` (``[delivery] mailbox_stor
 delivery idempotent) and ``destination_slots`` (cluster-wide per-destination delivery
 slots, leased like messages) and ``audit`` (SQLite schema 7: operator actions on the
 queue).
+
+Version 6 adds ``messages.quarantine`` (SQLite schema 9): the reason a message is held
+in quarantine (committed with every recipient HELD and ``next_due`` NULL; cleared when an
+operator releases it).
 """
 from __future__ import annotations
 
@@ -243,6 +247,12 @@ MIGRATIONS: list[list[str]] = [
             ids      text[] NOT NULL DEFAULT '{}'
         )""",
         "CREATE INDEX audit_at ON audit(at)",
+    ],
+    # 5 -> 6: quarantine held in the store (SQLite schema 9; ``mailwright quarantine``):
+    # the reason a message was committed with every recipient HELD ('' = not).
+    [
+        "ALTER TABLE messages ADD COLUMN quarantine text NOT NULL DEFAULT ''",
+        "CREATE INDEX messages_quarantine ON messages(queue_id) WHERE quarantine <> ''",
     ],
 ]
 

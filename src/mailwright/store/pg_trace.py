@@ -63,7 +63,8 @@ class TraceOps:
         await self._txn(fn)
 
     async def query_trace(self, *, queue_ids: Sequence[str] = (), message_id: str = "",
-                          address: str = "", since: float | None = None,
+                          address: str = "", client_ip: str = "",
+                          since: float | None = None,
                           until: float | None = None, limit: int = 1000
                           ) -> list[TraceEvent]:
         terms: list[str] = []
@@ -79,6 +80,8 @@ class TraceOps:
         if address:
             a = address.lower()
             terms.append(f"(sender = {arg(a)} OR recipients @> ARRAY[{arg(a)}]::text[])")
+        if client_ip:
+            terms.append(f"client_ip = {arg(client_ip)}")
         where = " OR ".join(terms) if terms else "true"
         if since is not None:
             where = f"({where}) AND at >= {arg(float(since))}"

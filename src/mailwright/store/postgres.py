@@ -114,9 +114,9 @@ _RETRIES = 3
 
 _MSG_COLS = ("queue_id", "sender", "received_at", "client_ip", "client_port", "client_name",
              "helo", "protocol", "tls", "auth_user", "body_type", "smtputf8", "ret", "envid",
-             "size", "listener", "node", "created_at", "next_due")
+             "size", "listener", "node", "created_at", "next_due", "quarantine")
 _MSG_TYPES = ("text", "text", "float8", "text", "int4", "text", "text", "text", "text", "text",
-              "text", "bool", "text", "text", "int8", "text", "text", "float8", "float8")
+              "text", "bool", "text", "text", "int8", "text", "text", "float8", "float8", "text")
 _INSERT_MESSAGES = (
     f"INSERT INTO messages ({', '.join(_MSG_COLS)}) SELECT * FROM unnest("
     + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_MSG_TYPES)) + ")")
@@ -125,13 +125,13 @@ _INSERT_MESSAGES = (
 _INSERT_RECIPIENTS = (
     "INSERT INTO recipients (queue_id, address, notify, orcpt, state, next_attempt_at)"
     " SELECT q, a, CASE WHEN n IS NULL THEN NULL ELSE string_to_array(n, ',') END, o,"
-    " 'queued', t FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])"
-    " WITH ORDINALITY AS x(q, a, n, o, t, ord) ORDER BY ord")
+    " s, t FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],"
+    " $6::text[]) WITH ORDINALITY AS x(q, a, n, o, t, s, ord) ORDER BY ord")
 _INSERT_BODIES = ("INSERT INTO bodies (queue_id, seq, data)"
                   " SELECT * FROM unnest($1::text[], $2::int4[], $3::bytea[])")
 _SELECT_MSG = ("SELECT queue_id, sender, received_at, client_ip, client_port, client_name,"
                " helo, protocol, tls, auth_user, body_type, smtputf8, ret, envid, size,"
-               " listener FROM messages WHERE queue_id = ANY($1::text[])")
+               " listener, quarantine FROM messages WHERE queue_id = ANY($1::text[])")
 _SELECT_RCPT = ("SELECT id, queue_id, address, notify, orcpt, state, attempts, next_attempt_at,"
                 " last_attempt_at, last_reply, final_at, remote_mta, status, dsn_pending,"
                 " dsn_delayed, dsn_sent, dsn_queue_id FROM recipients"
@@ -424,6 +424,7 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
         rn: list[str | None] = []
         ro: list[str | None] = []
         rt: list[float] = []
+        rs: list[str] = []
         bq: list[str] = []
         bs: list[int] = []
         bd: list[bytes] = []
@@ -432,7 +433,8 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
             row = (p.queue_id, e.sender, float(e.received_at), e.client_ip, int(e.client_port),
                    e.client_name, e.helo, e.protocol, e.tls, e.auth_user, e.body_type,
                    bool(e.smtputf8), e.ret, e.envid, p.blob.size, e.listener, self.node,
-                   created, float(e.received_at))
+                   created, None if e.quarantine else float(e.received_at), e.quarantine)
+            state = "held" if e.quarantine else "queued"   # quarantine: all HELD, not due
             for col, value in zip(cols, row):
                 col.append(value)
             for r in e.recipients:
@@ -441,12 +443,13 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
                 rn.append(_encode_notify(r.notify))
                 ro.append(r.orcpt)
                 rt.append(float(e.received_at))
+                rs.append(state)
             for seq, chunk in enumerate(p.chunks):
                 bq.append(p.queue_id)
                 bs.append(seq)
                 bd.append(chunk)
         await c.execute(_INSERT_MESSAGES, *cols)
-        await c.execute(_INSERT_RECIPIENTS, rq, ra, rn, ro, rt)
+        await c.execute(_INSERT_RECIPIENTS, rq, ra, rn, ro, rt, rs)
         await c.execute(_INSERT_BODIES, bq, bs, bd)
 
     async def _commit_batch(self, batch: list[BatchItem]) -> None:
@@ -553,7 +556,7 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
                 client_name=row["client_name"], helo=row["helo"], protocol=row["protocol"],
                 tls=row["tls"], auth_user=row["auth_user"], body_type=row["body_type"],
                 smtputf8=row["smtputf8"], ret=row["ret"], envid=row["envid"],
-                size=row["size"], listener=row["listener"],
+                size=row["size"], listener=row["listener"], quarantine=row["quarantine"],
                 recipients=[RecipientRequest(r.address, r.notify, r.orcpt) for r in all_r])
             out.append(QueuedMessage(
                 queue_id=qid, envelope=env, blob_path=self.blobs.path(qid),

@@ -86,7 +86,7 @@ _CHUNK = 500
 
 _MSG_COLS = ("queue_id, sender, received_at, client_ip, client_port, client_name, helo, "
              "protocol, tls, auth_user, body_type, smtputf8, ret, envid, size, listener, "
-             "blob, created_at")
+             "blob, created_at, quarantine")
 _RCPT_COLS = ("id, queue_id, address, notify, orcpt, state, attempts, next_attempt_at, "
               "last_attempt_at, last_reply, final_at, remote_mta, status, dsn_pending, "
               "dsn_delayed, dsn_sent, dsn_queue_id")
@@ -576,14 +576,16 @@ class SQLiteStore:
             msgs.append((qid, env.sender, env.received_at, env.client_ip, env.client_port,
                          env.client_name, env.helo, env.protocol, env.tls, env.auth_user,
                          env.body_type, int(env.smtputf8), env.ret, env.envid, blob.size,
-                         env.listener, self.blobs.relpath(qid), created, blob.crc))
+                         env.listener, self.blobs.relpath(qid), created, env.quarantine,
+                         blob.crc))
+            state = "held" if env.quarantine else "queued"     # quarantine: all HELD
             for r in env.recipients:
-                rcpts.append((qid, r.address, _encode_notify(r.notify), r.orcpt,
+                rcpts.append((qid, r.address, _encode_notify(r.notify), r.orcpt, state,
                               env.received_at))
         conn.executemany(f"INSERT INTO messages ({_MSG_COLS}, body_crc) VALUES "
-                         f"({','.join('?' * 19)})", msgs)
+                         f"({','.join('?' * 20)})", msgs)
         conn.executemany("INSERT INTO recipients (queue_id, address, notify, orcpt, state, "
-                         "next_attempt_at) VALUES (?, ?, ?, ?, 'queued', ?)", rcpts)
+                         "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)", rcpts)
         for item in items:
             if len(item.payload) > 2:    # commit_dsn: clear the owed flags in this txn
                 item.payload[2](conn, item.payload[1].queue_id)
@@ -619,7 +621,7 @@ class SQLiteStore:
                 sender=row[1], received_at=row[2], client_ip=row[3], client_port=row[4],
                 client_name=row[5], helo=row[6], protocol=row[7], tls=row[8],
                 auth_user=row[9], body_type=row[10], smtputf8=bool(row[11]), ret=row[12],
-                envid=row[13], size=row[14], listener=row[15],
+                envid=row[13], size=row[14], listener=row[15], quarantine=row[18],
                 recipients=[RecipientRequest(r.address, r.notify, r.orcpt) for r in all_r])
             out.append(QueuedMessage(
                 queue_id=qid, envelope=env, blob_path=self.blobs.path(row[16]),
@@ -918,6 +920,8 @@ class SQLiteStore:
             args.append(json.dumps(list(flt.queue_ids)))
         elif flt.state is None:
             conds.append("m.completed_at IS NULL")
+        if flt.quarantined:
+            conds.append("m.quarantine != ''")
         if flt.sender is not None:
             sender = flt.sender.lower()
             if sender.startswith("@"):
@@ -959,9 +963,11 @@ class SQLiteStore:
         return await self._read(lambda c: self._load(c, self._select_ids(c, flt, limit)))
 
     async def _queue_change(self, flt: QueueFilter, from_state: str, set_sql: str,
-                            set_args: Sequence[Any], audit: AuditRecord | None
-                            ) -> dict[str, int]:
-        """Matched recipients in ``from_state`` of the matching messages get ``set_sql``."""
+                            set_args: Sequence[Any], audit: AuditRecord | None,
+                            release: bool = False) -> dict[str, int]:
+        """Matched recipients in ``from_state`` of the matching messages get ``set_sql``;
+        ``release``: a changed message left without HELD recipients loses its quarantine
+        mark."""
         def fn(c: sqlite3.Connection, remove: list[str]) -> dict[str, int]:
             counts = dict.fromkeys(self._select_ids(c, flt), 0)
             rsql, rargs = self._rcpt_conds(flt, "")
@@ -971,7 +977,13 @@ class SQLiteStore:
                     " AND queue_id IN (SELECT value FROM json_each(?)) RETURNING queue_id",
                     [*set_args, from_state, *rargs, ids]).fetchall():
                 counts[qid] += 1
-            self._write_audit(c, audit, [q for q, n in counts.items() if n])
+            changed = [q for q, n in counts.items() if n]
+            if release and changed:
+                c.execute("UPDATE messages SET quarantine = '' WHERE quarantine != ''"
+                          " AND queue_id IN (SELECT value FROM json_each(?)) AND NOT EXISTS"
+                          " (SELECT 1 FROM recipients r WHERE r.queue_id = messages.queue_id"
+                          " AND r.state = 'held')", (json.dumps(changed),))
+            self._write_audit(c, audit, changed)
             return counts
         return await self._write(fn)
 
@@ -983,7 +995,7 @@ class SQLiteStore:
                             audit: AuditRecord | None = None) -> dict[str, int]:
         return await self._queue_change(
             flt, "held", "state = 'queued', next_attempt_at = MIN(next_attempt_at, ?)",
-            (now,), audit)
+            (now,), audit, release=True)
 
     async def queue_retry(self, flt: QueueFilter, now: float, *,
                           audit: AuditRecord | None = None) -> dict[str, int]:
@@ -1264,7 +1276,8 @@ class SQLiteStore:
         await self._write(fn, durable=False)
 
     async def query_trace(self, *, queue_ids: Sequence[str] = (), message_id: str = "",
-                          address: str = "", since: float | None = None,
+                          address: str = "", client_ip: str = "",
+                          since: float | None = None,
                           until: float | None = None, limit: int = 1000
                           ) -> list[TraceEvent]:
         terms: list[str] = []
@@ -1280,6 +1293,9 @@ class SQLiteStore:
             terms.append("(sender = ? OR recipients LIKE ? ESCAPE '\\')")
             args.extend([addr, "% " + addr.replace("\\", "\\\\").replace("%", "\\%")
                          .replace("_", "\\_") + " %"])
+        if client_ip:
+            terms.append("client_ip = ?")
+            args.append(client_ip)
         where = " OR ".join(terms) if terms else "1"
         window = ""
         if since is not None:
