@@ -48,7 +48,9 @@ async def run_case(stages, resolver, body: bytes, sender: str, n: int) -> float:
         session = SessionInfo("192.0.2.10", 40000, "mx", "mx", helo="mx.sender.test")
         txn = TransactionInfo(sender=sender)
         for check in mail:
-            await check.check_mail(session, txn)
+            result = check.check_mail(session, txn)
+            if asyncio.iscoroutine(result):
+                await result
         end = body.find(b"\r\n\r\n") + 4
         view = MessageView(body[:end], len(body), lambda: body)
         for check in data:

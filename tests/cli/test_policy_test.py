@@ -76,7 +76,8 @@ def test_spoofed_bank_is_rejected_by_dmarc(setup):
     rc, r = setup.replay(SPOOF_IP)
     assert rc == 1 and r["outcome"] == "refused" and not r["accepted"]
     assert [s["step"] for s in r["steps"]] == ["connect", "helo", "mail", "rcpt", "data"]
-    spf = verdict(step(r, "mail"), "spf")
+    # SPF starts at MAIL and is settled at end of data (its result is in the data step)
+    spf = verdict(step(r, "data"), "spf")
     assert spf["action"] == "continue" and "fail" in spf["reason"]   # SPF alone refuses nothing
     data = step(r, "data")
     assert data["action"] == "reject" and data["reply"].startswith("550 5.7.1")
@@ -95,7 +96,7 @@ def test_legitimate_bank_mail_passes_with_its_header_fields(setup):
     assert rc == 0 and r["outcome"] == "accepted"
     assert r["accepted_recipients"] == ["alice@example.test"]
     assert step(r, "data")["reply"].startswith("250 2.0.0")
-    assert "pass" in verdict(step(r, "mail"), "spf")["reason"]
+    assert "pass" in verdict(step(r, "data"), "spf")["reason"]
     assert verdict(step(r, "data"), "dmarc")["action"] == "continue"
     [ar] = [h for h in r["added_headers"] if h.startswith("Authentication-Results:")]
     assert "mx.example.test" in ar and "spf=pass" in ar and "dmarc=pass" in ar

@@ -46,8 +46,9 @@ class AuthSettings:
             "'reject' (550 5.7.23 at MAIL).")
     spf_temperror: str = _key(
         "tempfail", conv=_TEMP,
-        doc="SPF DNS failure: 'tempfail' (451 4.7.24 at MAIL, the sender retries) or "
-            "'accept' (recorded as temperror; DMARC may still decide).")
+        doc="SPF DNS failure: 'tempfail' (451 4.7.24 at end of data, or at MAIL when "
+            "spf_fail = 'reject'; the sender retries) or 'accept' (recorded as temperror; "
+            "DMARC may still decide).")
     dmarc: bool = _key(True, conv=_bool, doc="Evaluate DMARC (RFC 7489) and apply the policy.")
     dmarc_reject: str = _key(
         "reject", conv=_choice("reject", "quarantine", "accept"),

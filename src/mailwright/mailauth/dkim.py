@@ -394,6 +394,9 @@ async def verify_message(resolver, message: bytes, *, now: float | None = None,
     Returns one result per checked signature, in header order; [] when unsigned.
     """
     now = time.time() if now is None else now
+    end = message.find(b"\r\n\r\n")
+    if b"dkim-signature" not in (message if end < 0 else message[:end]).lower():
+        return []                               # unsigned: no parse needed
     headers, body_start = split_message(message)
     fields = [f for f in headers if f.lname == "dkim-signature"][:max(0, max_signatures)]
     if not fields:

@@ -204,7 +204,8 @@ class IntakeServer:
     def filter_header(self, header: bytes) -> bytes:
         """The arriving header section without the fields only we may set (our quarantine
         mark; forged Authentication-Results through ``header_filters``)."""
-        header, _ = remove_fields(header, _is_quarantine_field)
+        if _QUARANTINE in header.lower():
+            header, _ = remove_fields(header, _is_quarantine_field)
         for keep_ours_only in self.header_filters:
             header = keep_ours_only(header)
         return header

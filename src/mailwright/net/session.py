@@ -229,8 +229,13 @@ class SmtpSession(asyncio.Protocol):
             self._mail = event
             self.txn.sender = str(event.address)
             if self.server.pipeline.has("mail"):
-                self._start(self._mail_checks())
-                return True
+                verdict = self.server.pipeline.check_mail_sync(self.info, self.txn)
+                if verdict is None:             # a check needs the event loop
+                    self._start(self._mail_checks())
+                    return True
+                if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+                    self._refuse_mail(verdict)
+                    return False
             conn.respond(None)
         elif t is ev.DataStarted:
             self._discard_blob()
@@ -330,17 +335,20 @@ class SmtpSession(asyncio.Protocol):
     async def _mail_checks(self) -> None:
         verdict = await self.server.pipeline.check_mail(self.info, self.txn)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            log.info("reject sid=%s client=%s from=<%s> check=%s reason=%s", self.sid,
-                     self.info.client_ip, sanitize_address(self.txn.sender), verdict.check,
-                     verdict.reason)
-            reply = verdict.reply or catalog.TEMP_LOCAL_ERROR
-            self.server.metrics.verdict(self.listener.name, verdict, reply)
-            self._trace("rejected", reply=reply, step="mail")
-            self._mail = None
-            self.txn = TransactionInfo()
-            self.conn.respond(reply)
+            self._refuse_mail(verdict)
             return
         self.conn.respond(None)
+
+    def _refuse_mail(self, verdict: Verdict) -> None:
+        log.info("reject sid=%s client=%s from=<%s> check=%s reason=%s", self.sid,
+                 self.info.client_ip, sanitize_address(self.txn.sender), verdict.check,
+                 verdict.reason)
+        reply = verdict.reply or catalog.TEMP_LOCAL_ERROR
+        self.server.metrics.verdict(self.listener.name, verdict, reply)
+        self._trace("rejected", reply=reply, step="mail")
+        self._mail = None
+        self.txn = TransactionInfo()
+        self.conn.respond(reply)
 
     async def _data_checks(self, blob) -> Verdict:
         """End-of-data checks (DKIM, DMARC, content ...). Header fields they add are put in

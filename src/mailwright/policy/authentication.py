@@ -13,8 +13,9 @@ the way in).
 
 Actions (config/mailauth.py, defaults after what large receivers do):
 * SPF (RFC 7208 §8): ``fail`` is recorded and left to DMARC unless ``spf_fail = "reject"``
-  (550 5.7.23, RFC 7372 §3.2); ``temperror`` answers 451 4.7.24 unless configured to
-  accept; ``permerror``/``softfail``/``neutral``/``none`` are recorded.
+  (550 5.7.23 at MAIL, RFC 7372 §3.2); ``temperror`` answers 451 4.7.24 (at end of data:
+  the evaluation runs in the background from MAIL on) unless configured to accept;
+  ``permerror``/``softfail``/``neutral``/``none`` are recorded.
 * DMARC (RFC 7489 §6.6): ``p=reject`` failures answer 550 5.7.1 at end of data,
   ``p=quarantine`` failures go to the Junk folder (``message.quarantine``), a DNS
   temperror answers 451 4.7.1 (never a pass). A message with several From fields or
@@ -26,6 +27,7 @@ Actions (config/mailauth.py, defaults after what large receivers do):
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from typing import Any, Sequence
@@ -85,7 +87,13 @@ def _domain_of(address: str) -> str:
 
 class SpfStage:
     """MAIL step: SPF for MAIL FROM (or the HELO identity for the null sender, RFC 7208
-    §2.4), evaluated once per transaction."""
+    §2.4), evaluated once per transaction.
+
+    Unless ``spf_fail = "reject"`` (which must answer at MAIL), the evaluation starts in
+    the background and MAIL is answered at once: the DNS work overlaps RCPT and DATA, and
+    ``SpfResultStage`` (the first data stage) collects the result, answering a temperror
+    with 451 4.7.24 at end of data. ``spf_result(txn)`` gives it to earlier checks that
+    need it (greylisting)."""
     name = "spf"
 
     def __init__(self, settings: AuthSettings, resolver: Any, receiver: str,
@@ -95,11 +103,22 @@ class SpfStage:
         self.resolver = resolver
         self.receiver = receiver
 
-    async def check_mail(self, session: SessionInfo, txn: TransactionInfo) -> Verdict:
-        if not self.scope(session):
+    def check_mail(self, session: SessionInfo, txn: TransactionInfo):
+        if not self.scope(session) or PENDING in txn.facts:
             return CONTINUE
-        result = await spf_mod.check_mail_from(self.resolver, session.client_ip, txn.sender,
-                                               session.helo, receiver=self.receiver)
+        work = spf_mod.check_mail_from(self.resolver, session.client_ip, txn.sender,
+                                       session.helo, receiver=self.receiver)
+        if self.settings.spf_fail == "reject":
+            return self._decide(txn, work)
+        task = asyncio.get_running_loop().create_task(work)
+        task.add_done_callback(_retrieved)
+        txn.facts[PENDING] = task
+        return CONTINUE
+
+    async def _decide(self, txn: TransactionInfo, work) -> Verdict:
+        return self.verdict(txn, await work)
+
+    def verdict(self, txn: TransactionInfo, result: Any) -> Verdict:
         txn.facts["spf"] = result
         reason = f"spf={result.result} domain={result.domain}"
         if result.reason:
@@ -116,6 +135,37 @@ class SpfStage:
                                              f"{result.explanation[:200]}")
             return Verdict(Action.REJECT, self.name, reply, reason, evidence)
         return Verdict(Action.CONTINUE, self.name, reason=reason, data=evidence)
+
+
+PENDING = "spf.pending"
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()            # collected by SpfResultStage; never "never retrieved"
+
+
+async def spf_result(txn: TransactionInfo) -> Any:
+    """The SPF result of the transaction, waiting for a background evaluation; None if
+    SPF was not checked."""
+    pending = txn.facts.get(PENDING)
+    if pending is not None and "spf" not in txn.facts:
+        txn.facts["spf"] = await pending
+    return txn.facts.get("spf")
+
+
+class SpfResultStage:
+    """First data stage: collects the background SPF evaluation and applies its action."""
+    name = "spf"
+
+    def __init__(self, spf: SpfStage) -> None:
+        self.spf = spf
+
+    async def check_data(self, session: SessionInfo, txn: TransactionInfo,
+                         message: MessageView) -> Verdict:
+        if PENDING not in txn.facts:
+            return CONTINUE
+        return self.spf.verdict(txn, await spf_result(txn))
 
 
 class DkimStage:

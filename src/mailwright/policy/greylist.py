@@ -68,7 +68,12 @@ class GreylistCheck:
 
     async def check_rcpt(self, session: SessionInfo, txn: TransactionInfo, rcpt: Address,
                          resolution: Resolution) -> Verdict:
-        if not screened(session) or session.facts.get(ALLOWLISTED) or self._spf_allowed(txn):
+        if not screened(session) or session.facts.get(ALLOWLISTED):
+            return CONTINUE
+        if self.spf_domains and "@" in txn.sender:
+            from .authentication import spf_result
+            await spf_result(txn)            # SPF runs in the background from MAIL on
+        if self._spf_allowed(txn):
             return CONTINUE
         try:
             net = client_network(session.client_ip, self.v4_prefix, self.v6_prefix)

@@ -18,8 +18,9 @@ data       ``check_data(session, txn, message)``                        end of d
 Each returns a ``Verdict`` or an awaitable of one. For each step the checks run in order;
 the first REJECT or TEMPFAIL ends the step, ACCEPT ends it positively, CONTINUE goes on.
 A check that raises becomes TEMPFAIL 451 4.3.0 (unknown means temporary: the client
-retries, nothing is lost) and the error is logged, never sent to the peer. Asynchronous
-checks (DNS) run under a per-check timeout that also becomes TEMPFAIL.
+retries, nothing is lost) and the error is logged, never sent to the peer. The checks of a
+step run under one timeout (``timeout`` seconds for the whole step) that also becomes
+TEMPFAIL, naming the check that was running.
 
 Every verdict that names its check and carries a reason is kept, in order, on the session
 (connect, helo) or the transaction (mail, rcpt, data) for logs and the message trace.
@@ -80,29 +81,34 @@ class Pipeline:
         else:
             self.steps[step].append(check)
 
-    async def _settle(self, check: Any, result: Any) -> Verdict:
-        if inspect.isawaitable(result):
-            try:
-                async with asyncio.timeout(self.timeout):   # no extra task per check
-                    result = await result
-            except TimeoutError:
-                return _failed(check, f"{check.name} timed out after {self.timeout}s")
-        return result
-
     async def _run(self, step: str, args: tuple, record: list[Verdict]) -> Verdict:
+        """The checks of one step in order, under ONE timeout for the whole step (a timer
+        per check cost more than most checks do); the check running when it expires is
+        the one named in the TEMPFAIL."""
         method = f"check_{step}"
-        for check in self.steps[step]:
-            try:
-                verdict = await self._settle(check, getattr(check, method)(*args))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("policy check %s failed", getattr(check, "name", check))
-                verdict = _failed(check, "check raised")
-            if verdict.check and verdict.reason:
-                record.append(verdict)
-            if verdict.action is not Action.CONTINUE:
-                return verdict
+        current: Any = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                for check in self.steps[step]:
+                    current = check
+                    try:
+                        verdict = getattr(check, method)(*args)
+                        if inspect.isawaitable(verdict):
+                            verdict = await verdict
+                    except (asyncio.CancelledError, TimeoutError):
+                        raise
+                    except Exception:
+                        log.exception("policy check %s failed", getattr(check, "name", check))
+                        verdict = _failed(check, "check raised")
+                    if verdict.check and verdict.reason:
+                        record.append(verdict)
+                    if verdict.action is not Action.CONTINUE:
+                        return verdict
+        except TimeoutError:
+            name = getattr(current, "name", "?")
+            verdict = _failed(current, f"{name} timed out after {self.timeout}s")
+            record.append(verdict)
+            return verdict
         return CONTINUE
 
     async def check_connect(self, session: SessionInfo) -> Verdict:
@@ -117,6 +123,28 @@ class Pipeline:
     async def check_data(self, session: SessionInfo, txn: TransactionInfo,
                          message: MessageView) -> Verdict:
         return await self._run("data", (session, txn, message), txn.verdicts)
+
+    def check_mail_sync(self, session: SessionInfo, txn: TransactionInfo) -> Verdict | None:
+        """The MAIL checks without awaiting (SPF starts in the background); None if one
+        needs the event loop (then call ``check_mail``)."""
+        return self._run_sync("mail", (session, txn), txn.verdicts)
+
+    def _run_sync(self, step: str, args: tuple, record: list[Verdict]) -> Verdict | None:
+        method = f"check_{step}"
+        for check in self.steps[step]:
+            try:
+                verdict = getattr(check, method)(*args)
+            except Exception:
+                log.exception("policy check %s failed", check.name)
+                return _failed(check, "check raised")
+            if inspect.isawaitable(verdict):
+                verdict.close()
+                return None
+            if verdict.check and verdict.reason:
+                record.append(verdict)
+            if verdict.action is not Action.CONTINUE:
+                return verdict
+        return CONTINUE
 
     def check_rcpt_sync(self, session: SessionInfo, txn: TransactionInfo, rcpt: Address,
                         resolution: Resolution) -> Verdict | None:

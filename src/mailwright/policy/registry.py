@@ -41,11 +41,14 @@ def build_checks(settings: Any, *, resolver: Any, store: Any, hostname: str) -> 
     auth = settings.auth
     if auth.enabled:
         from .authentication import (
-            ArcStage, AuthResultsStage, DkimStage, DmarcStage, Scope, SpfStage,
+            ArcStage, AuthResultsStage, DkimStage, DmarcStage, Scope, SpfResultStage,
+            SpfStage,
         )
         authserv_id = auth.authserv_id or hostname
         scope = Scope(auth.skip_networks)
-        policy.checks["mail"].append(SpfStage(auth, resolver, hostname, scope))
+        spf = SpfStage(auth, resolver, hostname, scope)
+        policy.checks["mail"].append(spf)
+        policy.checks["data"].append(SpfResultStage(spf))
         policy.checks["data"].append(DkimStage(auth, resolver, scope))
         if auth.arc:
             policy.checks["data"].append(ArcStage(auth, resolver, scope))

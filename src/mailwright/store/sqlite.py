@@ -1262,14 +1262,16 @@ class SQLiteStore:
     # ------------------------------------------------------------------ message trace
 
     async def record_trace(self, events: Sequence[TraceEvent]) -> None:
-        rows = [(e.at, e.kind, e.session_id, e.queue_id, e.message_id, e.sender.lower(),
-                 (" " + " ".join(r.lower() for r in e.recipients) + " ") if e.recipients
-                 else "", e.client_ip, json.dumps(e.data, separators=(",", ":"), default=str))
-                for e in events]
-        if not rows:
+        if not events:
             return
 
         def fn(c: sqlite3.Connection, rm: list[str]) -> None:
+            # Encoded here, on the writer thread, not on the event loop.
+            rows = [(e.at, e.kind, e.session_id, e.queue_id, e.message_id, e.sender.lower(),
+                     (" " + " ".join(r.lower() for r in e.recipients) + " ")
+                     if e.recipients else "", e.client_ip,
+                     json.dumps(e.data, separators=(",", ":"), default=str))
+                    for e in events]
             c.executemany("INSERT INTO trace_events (at, kind, session_id, queue_id, "
                           "message_id, sender, recipients, client_ip, data) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
