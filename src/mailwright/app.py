@@ -206,6 +206,7 @@ class Worker:
                               submission=settings.submission,
                               checks=policy.checks, header_filters=policy.header_filters,
                               trace=settings.trace.enabled, metrics=metrics.mail,
+                              resolver=resolver,
                               recipient_rewriter=_batv_hook(settings, "rewrite_recipient"))
         # With intake workers, the primary only delivers (its intake object still keeps the
         # directory snapshot fresh for routing).

@@ -161,3 +161,40 @@ def test_bounce_links_the_dsn_and_the_time_window_filters(setup):
     assert trace(srv, "<doomed-trace@example.test>", "--until", "1h",
                  check=False).returncode == 1
     assert trace(srv, "<doomed-trace@example.test>", "--since", "1h").returncode == 0
+
+
+def test_client_reverse_dns_is_confirmed_and_recorded(tmp_path):
+    """The client's PTR name, forward-confirmed, goes into the Received field, the stored
+    envelope and the trace; a PTR that does not resolve back is recorded as a mismatch."""
+    import socket
+    zones = {".": ZONES["."],
+             "127.in-addr.arpa": "9.0.0 PTR client9.example.net.\n"
+                                 "10.0.0 PTR liar.example.net.\n",
+             "example.net": "client9 A 127.0.0.9\nliar A 192.0.2.1\n"}
+    with DNSServer(zones) as dns:
+        srv = MailServer(tmp_path, extra_sections=f'[outbound]\nnameservers = ["{dns.nameserver}"]\n')
+        srv.cli("user", "add", "alice@example.test")
+        srv.start()
+        try:
+            for source, subject in (("127.0.0.9", "named"), ("127.0.0.10", "liar")):
+                sock = socket.create_connection((srv.host, srv.port), timeout=10,
+                                                source_address=(source, 0))
+                s = smtplib.SMTP()
+                s.sock, s.file = sock, None
+                s.getreply()
+                s.ehlo("helo.example.org")
+                s.sendmail(f"bob@{subject}.example", ["alice@example.test"],
+                           f"Subject: {subject}\r\n\r\nhi\r\n".encode())
+                s.quit()
+            got = {m.split(b"Subject: ")[1][:5]: m
+                   for m in srv.wait_delivered("alice@example.test", 2)}
+            assert b"from helo.example.org (client9.example.net [127.0.0.9])" in got[b"named"]
+            assert b"from helo.example.org (unknown [127.0.0.10])" in got[b"liar\r"]
+            named = trace_json(srv, "bob@named.example")["steps"][0]["data"]
+            assert named["rdns"] == {"name": "client9.example.net",
+                                     "ptr": "client9.example.net", "status": "ok"}
+            liar = trace_json(srv, "bob@liar.example")["steps"][0]["data"]
+            assert liar["rdns"] == {"name": "", "ptr": "liar.example.net",
+                                    "status": "mismatch"}
+        finally:
+            srv.stop()

@@ -564,3 +564,25 @@ def test_unreachable_server_fails_open(tmp_path, runner):
 def test_schema_names_are_checked(tmp_path):
     with pytest.raises(ValueError):
         PostgresStore("postgresql://x/y", schema='x"; DROP TABLE y; --', cache_dir=str(tmp_path))
+
+
+async def test_release_leases_gives_back_only_the_owners_other_leases(store):
+    """After a claim whose reply was lost, the claimer releases its own leases except on
+    the messages it is delivering; other owners' leases are untouched."""
+    from mailwright.queue.model import Envelope, RecipientRequest
+    ids = []
+    for i in range(3):
+        blob = store.new_blob()
+        blob.write(b"Subject: x\r\n\r\nbody\r\n")
+        ids.append(await store.commit_message(
+            Envelope(sender="a@example.org", recipients=[RecipientRequest(f"b{i}@example.net")],
+                     received_at=1_700_000_000.0), blob))
+    now = 1_700_000_100.0
+    mine = await store.claim_due(now, 2, "node-a:1", 300)
+    theirs = await store.claim_due(now, 10, "node-b:1", 300)
+    assert len(mine) == 2 and len(theirs) == 1
+    keep = [mine[0].queue_id]
+    assert await store.release_leases("node-a:1", keep) == 1
+    # the released one is claimable again at once; the kept and the other owner's are not
+    again = await store.claim_due(now, 10, "node-c:1", 300)
+    assert [m.queue_id for m in again] == [mine[1].queue_id]

@@ -87,8 +87,11 @@ def _verdict_lines(data: dict) -> list[str]:
 
 def _connection(e) -> str:
     d = e.data
-    parts = [f"client [{e.client_ip}]:{d.get('port', '')}", f"helo={d.get('helo') or '-'}",
-             f"tls={d.get('tls') or 'no'}"]
+    rdns = d.get("rdns") or {}
+    name = rdns.get("name") or (f"unknown (PTR {rdns['ptr']}: {rdns.get('status')})"
+                                if rdns.get("ptr") else "unknown")
+    parts = [f"client {name} [{e.client_ip}]:{d.get('port', '')}",
+             f"helo={d.get('helo') or '-'}", f"tls={d.get('tls') or 'no'}"]
     if d.get("auth_user"):
         parts.append(f"user={d['auth_user']}")
     parts.append(f"listener={d.get('listener', '')}")

@@ -22,7 +22,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..admin.passwords import hash_password, verify_password
 from ..config.submission import SubmissionSettings
@@ -97,7 +97,7 @@ class IntakeServer:
                  submission: SubmissionSettings | None = None,
                  checks: dict[str, list] | None = None,
                  header_filters: list[Callable[[bytes], bytes]] | None = None,
-                 trace: bool = True, metrics: MailMetrics | None = None,
+                 trace: bool = True, resolver: Any = None, metrics: MailMetrics | None = None,
                  recipient_rewriter: Callable | None = None) -> None:
         self.hostname = hostname
         #: (Address, Directory) -> (Address to resolve, trace note | None); BATV tags
@@ -120,6 +120,8 @@ class IntakeServer:
                   *(c for c in extra.get("rcpt", ()) if not getattr(c, "early", False))],
             data=extra.get("data", ()))
         self.header_filters = list(header_filters or ())
+        #: for the client's reverse DNS name (net/peername.py); None = not looked up
+        self.resolver = resolver
         self.metrics = metrics if metrics is not None else MailMetrics()   # metrics/mail.py
         #: record transaction outcomes for `mailwright trace` (store.record_trace)
         self.trace = trace and hasattr(store, "record_trace")

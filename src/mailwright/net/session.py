@@ -52,6 +52,7 @@ from ..smtp import events as ev
 from ..smtp import sasl
 from ..smtp.server import ServerConnection
 from ..store.base import StoreError, TraceEvent
+from .peername import PeerName, peer_name, wanted
 from .tls import describe
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailwright.smtpd")
 
 _session_counter = 0
+_NO_NAME = PeerName()
+PEER_NAME_WAIT = 5.0     # seconds the commit waits for a reverse lookup still in progress
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,500}>)", re.I | re.M)
 
 
@@ -110,6 +113,7 @@ class SmtpSession(asyncio.Protocol):
         self._grants: tuple[str, ...] = ()   # send-as grants of the authenticated user
         self._capture: HeaderCapture | None = None
         self._greeted = True
+        self._peer: asyncio.Task | None = None     # reverse DNS (net/peername.py)
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -131,6 +135,8 @@ class SmtpSession(asyncio.Protocol):
                                 session_id=self.sid)
         config = self.server.server_config(self.listener)
         self.conn = ServerConnection(config, self.loop.time())
+        if self.server.resolver is not None and wanted(ip):
+            self._peer = self.loop.create_task(peer_name(self.server.resolver, ip))
         if self.listener.tls == "implicit":
             self.info.tls = describe(transport.get_extra_info("ssl_object"))
         if self.server.pipeline.has("connect"):
@@ -615,12 +621,21 @@ class SmtpSession(asyncio.Protocol):
         info = self.info
         hide = (self.listener.submission and bool(info.auth_user)
                 and self.server.submission.hide_client_ip)
+        if self._peer is not None and not self._peer.done():
+            # The reverse lookup started at connect; wait for it (bounded) so the Received
+            # field and the trace name the client, as Postfix's smtpd does before its 220.
+            try:
+                async with asyncio.timeout(PEER_NAME_WAIT):
+                    await asyncio.shield(self._peer)
+            except TimeoutError:
+                pass
         envelope = Envelope(
             sender=str(mail.address) if mail else "",
             recipients=list(self._envelope_rcpts),
             received_at=time.time(),
             client_ip="" if hide else info.client_ip,
             client_port=0 if hide else info.client_port,
+            client_name="" if hide else self._client_name().name,
             helo="" if hide else info.helo,
             protocol=self._protocol_name(),
             tls=info.tls,
@@ -711,6 +726,9 @@ class SmtpSession(asyncio.Protocol):
         for key in ("routes", "refused", "quarantine", "held", "rewritten"):
             if txn.facts.get(key):
                 data[key] = txn.facts[key]
+        peer = self._client_name()
+        if peer.status != "unknown":
+            data["rdns"] = {"name": peer.name, "ptr": peer.ptr, "status": peer.status}
         if reply is not None:
             data["reply"] = str(reply)
         if step:
@@ -730,6 +748,13 @@ class SmtpSession(asyncio.Protocol):
                            tuple(recipients), info.client_ip, data)
         task = self.loop.create_task(record([event]))
         task.add_done_callback(_trace_done)
+
+    def _client_name(self) -> PeerName:
+        """The client's forward-confirmed name if the lookup has finished (never waits)."""
+        task = self._peer
+        if task is None or not task.done() or task.cancelled():
+            return _NO_NAME
+        return task.result()
 
     def _discard_blob(self) -> None:
         if self._blob is not None:

@@ -71,14 +71,18 @@ class Scope:
     def __call__(self, session: SessionInfo) -> bool:
         if session.role != "mx" or session.auth_user or session.trusted:
             return False
-        if self.skip:
+        if not self.skip:
+            return True
+        skipped = session.facts.get(_SKIPPED)        # the address is parsed once a session
+        if skipped is None:
             ip = session.ip
-            if ip is not None and any(ip in net for net in self.skip):
-                return False
-        return True
+            skipped = ip is not None and any(ip in net for net in self.skip)
+            session.facts[_SKIPPED] = skipped
+        return not skipped
 
 
 ALL_MX = Scope()
+_SKIPPED = "auth.skipped"
 
 
 def _domain_of(address: str) -> str:

@@ -176,17 +176,28 @@ class QueueManager:
 
         renewer = (asyncio.get_running_loop().create_task(self._renew_leases())
                    if hasattr(self.store, "renew_leases") else None)
+        release_own = False
         while not self._stopping:
             self._wake.clear()  # wakes during the pass below trigger another pass
             free = self.batch - len(in_flight)
             claimed = 0
             if free >= self.batch - low_water:
                 try:
+                    if release_own:
+                        # The failed claim may have committed without its reply reaching
+                        # us: leases we hold on messages we are not delivering are ours
+                        # to give back, or they would wait for their expiry.
+                        n = await self.store.release_leases(self.owner, list(self.leased))
+                        release_own = False
+                        if n:
+                            log.warning("released %d lease(s) left by a claim whose reply "
+                                        "was lost", n)
                     messages = await self.store.claim_due(self.clock(), free, self.owner,
                                                           self.lease_seconds)
                 except Exception:
                     log.exception("claiming due messages failed; retrying in %.1fs",
                                   self.error_backoff)
+                    release_own = hasattr(self.store, "release_leases")
                     await self._sleep(self.error_backoff)
                     continue
                 for message in messages:

@@ -591,6 +591,17 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
             return out
         return await self._txn(fn)
 
+    async def release_leases(self, owner: str, keep: Sequence[str] = ()) -> int:
+        """Give up every lease ``owner`` holds except on ``keep`` (the messages it is
+        delivering). After a claim whose outcome was lost with the connection (the
+        UPDATE committed, the reply never came), the owner's own leases would otherwise
+        block those messages until they expire; the claimer calls this before claiming
+        again. Returns how many leases were released."""
+        return await self._txn(lambda c: exec_count(
+            c, "UPDATE messages SET lease_owner = NULL, lease_node = NULL, lease_until = NULL"
+               " WHERE lease_owner = $1 AND NOT (queue_id = ANY($2::text[]))",
+            owner, list(keep)))
+
     async def renew_leases(self, owner: str, queue_ids: Sequence[str], lease_seconds: float,
                            now: float | None = None) -> int:
         """Extend the leases ``owner`` still holds on ``queue_ids`` to ``now +
