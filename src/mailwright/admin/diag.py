@@ -26,9 +26,10 @@ start). The steps, in order:
    Message-ID (RFC 5322 §3.6.4); the reply to the final dot (the queue id) is kept.
 7. ``quit``.
 
-How: the protocol is the sans-IO ``smtp.client.ClientConnection``; this module only moves
-bytes and time between it and an ``asyncio.Protocol`` (so the 220-to-STARTTLS rule of the
-core, discarding injected plaintext, applies here as well), and records what passes.
+How: the protocol is the sans-IO ``smtp.client.ClientConnection``, driven over a socket by
+``net.probe.ProbeConnection`` (sockets live in ``net/``), which records what passes (so the
+220-to-STARTTLS rule of the core, discarding injected plaintext, applies here as well);
+this module decides the steps and judges the answers.
 
 Heuristic "outbound port 25 seems blocked": when the port is 25, the DNS answered (the
 target's addresses were found by our resolver) and every connection attempt timed out
@@ -53,15 +54,15 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 
 from ..net.dns import DNSError, Resolver
-from ..smtp.client import (
-    NEED_DATA, ClientConfig, ClientConnection, ClientState, Closed, Command, ServerReply,
-    TlsReady,
+from ..net.probe import (
+    Line, ProbeConnection, open_context, open_probe, presented_chain, verifying_context,
 )
+from ..smtp.client import ClientState, Closed, ServerReply, TlsReady
 from ..smtp.replies import Reply
 
 log = logging.getLogger("mailwright.diag")
@@ -92,16 +93,6 @@ class DiagOptions:
     auth_password: str = field(default="", repr=False)
     mail_from: str | None = None
     rcpt_to: str | None = None
-
-
-@dataclass
-class Line:
-    direction: str                     # "C" (we sent) or "S" (the server sent)
-    text: str
-    ms: float                          # milliseconds since the test started
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dir": self.direction, "line": self.text, "ms": round(self.ms, 1)}
 
 
 @dataclass
@@ -239,42 +230,6 @@ def describe_certificate(der: bytes, now: datetime.datetime | None = None) -> di
     }
 
 
-def presented_chain(ssl_object: Any) -> list[bytes]:
-    """The certificates as the server sent them (DER), leaf first. Python 3.13 has the
-    public ``get_unverified_chain``; 3.10-3.12 have it on the internal ``_sslobj``."""
-    for obj in (ssl_object, getattr(ssl_object, "_sslobj", None)):
-        getter = getattr(obj, "get_unverified_chain", None)
-        if getter is None:
-            continue
-        try:
-            chain = getter() or []
-        except (ssl.SSLError, ValueError):
-            continue
-        out = []
-        for cert in chain:
-            out.append(cert if isinstance(cert, bytes)
-                       else cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
-        if out:
-            return out
-    leaf = ssl_object.getpeercert(binary_form=True)
-    return [leaf] if leaf else []
-
-
-def _verifying_context(cafile: str) -> ssl.SSLContext:
-    # OpenSSL verifies the chain (as sending MTAs do); the name is checked by
-    # name_matches so that the two results are reported apart.
-    ctx = ssl.create_default_context(cafile=cafile or None)
-    ctx.check_hostname = False
-    return ctx
-
-
-def _open_context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _test_message(opts: DiagOptions, peer: str) -> tuple[bytes, str]:
     msgid = email.utils.make_msgid("mwdiag", domain=opts.helo)
     sender = opts.mail_from or "<>"
@@ -299,118 +254,6 @@ class _Reconnect(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class _Connection(asyncio.Protocol):
-    """One TCP (and TLS) connection: feeds the sans-IO core, records each line."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, helo: str, timeout: float,
-                 clock: Callable[[], float]) -> None:
-        self.loop = loop
-        self.timeout = timeout
-        self.clock = clock                 # milliseconds since the test started
-        self.config = ClientConfig(helo, {c: timeout for c in Command})
-        self.core = ClientConnection(self.config, loop.time())
-        self.lines: list[Line] = []        # recorded, not yet given to a step
-        self.transport: asyncio.Transport | None = None
-        self.ssl_object: Any = None
-        self.wakeup = asyncio.Event()
-        self.lost = False
-        self.masking = False               # AUTH outstanding: hide what we send
-        self._partial = {"C": b"", "S": b""}
-
-    # asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The greeting deadline (RFC 5321 §4.5.3.2.1) runs from the TCP connection.
-        self.transport = transport  # type: ignore[assignment]
-        self.core = ClientConnection(self.config, self.loop.time())
-
-    def data_received(self, data: bytes) -> None:
-        self._lines("S", data)
-        self.core.receive_data(data, self.loop.time())
-        self.wakeup.set()
-
-    def eof_received(self) -> bool:
-        self.core.eof_received()
-        self.wakeup.set()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.core.eof_received()
-        self.wakeup.set()
-
-    # recording
-    def _lines(self, direction: str, data: bytes) -> None:
-        buf = self._partial[direction] + data
-        *complete, rest = buf.split(b"\n")
-        self._partial[direction] = rest
-        for raw in complete:
-            text = raw.rstrip(b"\r").decode("utf-8", "replace")
-            if direction == "C" and self.masking:
-                text = " ".join(text.split(" ")[:2]) + " ****" if text.upper().startswith(
-                    "AUTH ") else "****"
-            self.lines.append(Line(direction, text, self.clock()))
-
-    def take_lines(self, flush_partial: bool = False) -> list[Line]:
-        """The lines recorded since the last call (with an unfinished last line if
-        ``flush_partial``: the connection is over)."""
-        if flush_partial:
-            for direction, rest in self._partial.items():
-                if rest:
-                    self.lines.append(Line(direction, rest.decode("utf-8", "replace")
-                                           + " [no line end]", self.clock()))
-                    self._partial[direction] = b""
-        out, self.lines = self.lines, []
-        return out
-
-    # driving the core
-
-    def flush(self) -> None:
-        data = self.core.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self._lines("C", data)
-            self.transport.write(data)
-
-    async def event(self) -> Any:
-        """The next core event, reading under the core's reply deadline."""
-        while True:
-            self.flush()
-            ev = self.core.next_event()
-            if ev is not NEED_DATA:
-                return ev
-            if self.lost:
-                self.core.eof_received()
-                continue
-            deadline = self.core.get_timer()
-            if deadline is None:
-                self.core.abort("waiting with no command outstanding")
-                continue
-            self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), max(0.0, deadline - self.loop.time()))
-            except asyncio.TimeoutError:
-                self.core.handle_timer(self.loop.time())
-
-    async def command(self, send: Callable[..., object], *args: Any) -> Any:
-        send(*args, now=self.loop.time())
-        return await self.event()
-
-    async def start_tls(self, ctx: ssl.SSLContext, server_name: str | None) -> None:
-        assert self.transport is not None
-        new = await asyncio.wait_for(
-            self.loop.start_tls(self.transport, self, ctx, server_hostname=server_name,
-                                ssl_handshake_timeout=self.timeout),
-            self.timeout + 1)
-        if new is None:
-            raise ConnectionError("connection closed during the TLS handshake")
-        self.transport = new  # type: ignore[assignment]
-        self.ssl_object = new.get_extra_info("ssl_object")
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort() if self.lost else self.transport.close()
-        self.lost = True
 
 
 # ------------------------------------------------------------------ the diagnosis
@@ -454,7 +297,7 @@ class _Diagnosis:
     def clock(self) -> float:
         return (self.loop.time() - self.t0) * 1000
 
-    async def reply(self, s: Step, conn: _Connection, awaitable: Any) -> Any:
+    async def reply(self, s: Step, conn: ProbeConnection, awaitable: Any) -> Any:
         """Await a core event; the lines sent and received meanwhile join step ``s``."""
         try:
             return await awaitable
@@ -519,16 +362,15 @@ class _Diagnosis:
             f"{', '.join(addrs)}", addrs
         return addrs
 
-    async def connect(self, ip: str) -> tuple[_Connection | None, str]:
+    async def connect(self, ip: str) -> tuple[ProbeConnection | None, str]:
         """(connection, outcome) where outcome is "connected", "timeout", "refused",
         "error"."""
         port = self.report.port
         s = self.step("connect", INFO, address=ip, port=port)
         start = self.loop.time()
-        conn = _Connection(self.loop, self.opts.helo, self.opts.timeout, self.clock)
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: conn, ip, port),
-                                   self.opts.timeout)
+            conn = await open_probe(self.loop, ip, port, helo=self.opts.helo,
+                                    timeout=self.opts.timeout, clock=self.clock)
         except asyncio.TimeoutError:
             s.status = PROBLEM
             s.detail = f"{ip} port {port}: no answer within {self.opts.timeout:g} s (timeout)"
@@ -579,7 +421,7 @@ class _Diagnosis:
                          " ask yours, or send through a relay on port 587)")
             s.data["port25_blocked"] = True
 
-    async def dialogue(self, conn: _Connection, ip: str, verify: bool) -> None:
+    async def dialogue(self, conn: ProbeConnection, ip: str, verify: bool) -> None:
         try:
             if self.opts.tls == "implicit":
                 await self.handshake(conn, verify)
@@ -622,7 +464,7 @@ class _Diagnosis:
             raise _Stop
         return ev
 
-    async def banner(self, conn: _Connection) -> None:
+    async def banner(self, conn: ProbeConnection) -> None:
         s = self.step("banner")
         start = self.loop.time()
         ev = self.expect(s, await self.reply(s, conn, conn.event()), "the connection (banner)")
@@ -634,7 +476,7 @@ class _Diagnosis:
             raise _Stop
         s.status, s.detail = OK, f"{ev.reply.code} greeting in {self.ms(start)}"
 
-    async def hello(self, conn: _Connection, name: str) -> None:
+    async def hello(self, conn: ProbeConnection, name: str) -> None:
         s = self.step(name)
         ev = self.expect(s, await self.reply(s, conn, conn.command(conn.core.ehlo)), "EHLO")
         if not ev.ok:
@@ -657,7 +499,7 @@ class _Diagnosis:
         s.status = OK
         s.detail = "extensions: " + (", ".join(exts) if exts else "(none)")
 
-    async def starttls(self, conn: _Connection, verify: bool) -> None:
+    async def starttls(self, conn: ProbeConnection, verify: bool) -> None:
         offered = conn.core.capabilities.has("STARTTLS")
         if not offered:
             if self.opts.tls == "starttls":
@@ -686,11 +528,11 @@ class _Diagnosis:
         await self.quit(conn, silent=True)
         raise _Stop
 
-    async def handshake(self, conn: _Connection, verify: bool) -> None:
+    async def handshake(self, conn: ProbeConnection, verify: bool) -> None:
         s = self.step("tls")
         sni = None if _is_ip(self.host) else self.host
         try:
-            ctx = _verifying_context(self.opts.cafile) if verify else _open_context()
+            ctx = verifying_context(self.opts.cafile) if verify else open_context()
         except (OSError, ssl.SSLError) as exc:
             s.status, s.detail = PROBLEM, f"cannot load the CA file {self.opts.cafile}: {exc}"
             raise _Stop from None
@@ -759,7 +601,7 @@ class _Diagnosis:
         s.status = PROBLEM if problems else WARNING if warnings else OK
         s.detail = "; ".join(problems + warnings + [g for g in good if g])
 
-    async def auth(self, conn: _Connection) -> None:
+    async def auth(self, conn: ProbeConnection) -> None:
         s = self.step("auth", user=self.opts.auth_user)
         if self.tls_active(conn) is False:
             s.status, s.detail = PROBLEM, "not sending the password without TLS " \
@@ -783,10 +625,10 @@ class _Diagnosis:
         else:
             s.status, s.detail = PROBLEM, f"authentication failed: {_show(ev.reply)}"
 
-    def tls_active(self, conn: _Connection) -> bool:
+    def tls_active(self, conn: ProbeConnection) -> bool:
         return conn.ssl_object is not None
 
-    async def send(self, conn: _Connection, ip: str) -> None:
+    async def send(self, conn: ProbeConnection, ip: str) -> None:
         opts = self.opts
         s = self.step("send", mail_from=opts.mail_from, rcpt_to=opts.rcpt_to)
         sender = "" if opts.mail_from in ("", "<>") else opts.mail_from or ""
@@ -816,13 +658,13 @@ class _Diagnosis:
         else:
             s.status, s.detail = PROBLEM, f"message refused: {_show(ev.reply)}"
 
-    async def reset(self, s: Step, conn: _Connection) -> None:
+    async def reset(self, s: Step, conn: ProbeConnection) -> None:
         if conn.core.state is ClientState.MAIL and not conn.core.outstanding:
             ev = await self.reply(s, conn, conn.command(conn.core.rset))
             if isinstance(ev, Closed):
                 raise _Stop
 
-    async def quit(self, conn: _Connection, silent: bool = False) -> None:
+    async def quit(self, conn: ProbeConnection, silent: bool = False) -> None:
         """QUIT (RFC 5321 §4.1.1.10); after a refusal it is part of the refusing step."""
         if conn.lost or conn.core.closed or conn.core.outstanding:
             return
