@@ -28,7 +28,7 @@ from support import CONFORMANCE
 DATA = CONFORMANCE / "dkim" / "dkimpy"
 NOW = 1_600_000_000.0       # after every t= in the vectors
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="conformance data not present")
+assert DATA.is_dir(), f"conformance data missing: {DATA} (../shared/conformance)"
 
 
 def read(name: str) -> bytes:

@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..message.headers import HeaderCapture, quarantine_field, submission_fixups
+from ..message.headers import HeaderCapture, quarantine_field, split_fields, submission_fixups
 from ..policy.context import MessageView, SessionInfo, TransactionInfo
 from ..policy.verdict import Action, Verdict
 from ..smtp import catalog
@@ -340,7 +340,7 @@ async def replay(settings: Any, store: Any, *, ip: str, helo: str, sender: str,
             added = quarantine_field(view.quarantine_reason) + added
         out.quarantine = view.quarantine_reason
         out.held = view.hold_reason
-        out.added_headers = [f.decode("utf-8", "replace") for f in _fields(prefix + added)]
+        out.added_headers = [f.decode("utf-8", "replace") for f in split_fields(prefix + added)]
         return finish("accepted" if len(out.accepted_recipients) == len(rcpt_addrs)
                       else "partial")
 
@@ -355,14 +355,3 @@ async def replay(settings: Any, store: Any, *, ip: str, helo: str, sender: str,
                 await scratch.close()
 
 
-def _fields(block: bytes) -> list[bytes]:
-    """Split a block of header fields into whole fields (continuation lines kept)."""
-    out: list[bytes] = []
-    for line in block.split(b"\r\n"):
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1] += b"\r\n" + line
-        else:
-            out.append(line)
-    return out

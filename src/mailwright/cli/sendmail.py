@@ -149,19 +149,6 @@ def _split_header(message: bytes) -> tuple[bytes, bytes]:
     return message[:end + 2], message[end + 2:]
 
 
-def _fields(header: bytes) -> list[bytes]:
-    """The header section as whole (folded) fields."""
-    out: list[bytes] = []
-    for line in header.split(b"\r\n"):
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1] += b"\r\n" + line
-        else:
-            out.append(line)
-    return out
-
-
 def _name(field_: bytes) -> bytes:
     return field_.split(b":", 1)[0].strip().lower()
 
@@ -170,11 +157,11 @@ def prepare_message(message: bytes, *, sender: str, fullname: str | None, extrac
                     hostname: str, uid: int, now: float
                     ) -> tuple[bytes, list[str]]:
     """Fix-ups and -t extraction. Returns (message, recipients found in the header)."""
-    from ..message.headers import new_message_id
+    from ..message.headers import new_message_id, split_fields
     from ..message.trace import rfc5322_date, sanitize_host, sanitize_text
 
     header, body = _split_header(message)
-    fields = _fields(header)
+    fields = split_fields(header)
     names = {_name(f) for f in fields}
     found: list[str] = []
     if extract:

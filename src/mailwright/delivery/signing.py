@@ -32,6 +32,7 @@ from typing import Any
 
 from ..config.mailauth import AuthSettings
 from ..mailauth.authresults import parse_authserv_id
+from ..message.headers import field_values
 from ..mailauth.dkim import SigningKey, sign_message
 from ..queue.model import QueuedMessage
 
@@ -46,28 +47,9 @@ def _header_section(message: bytes) -> bytes:
     return message if end < 0 else message[:end + 2]
 
 
-def _fields(section: bytes, name: bytes) -> list[str]:
-    """Unfolded values of the fields called ``name`` (lower case) in a header section."""
-    out: list[str] = []
-    current: list[bytes] | None = None
-    for line in section.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and current is not None:
-            current.append(line)
-            continue
-        if current is not None:
-            out.append(b" ".join(p.strip() for p in current).decode("utf-8", "replace"))
-            current = None
-        colon = line.find(b":")
-        if colon > 0 and line[:colon].strip().lower() == name:
-            current = [line[colon + 1:]]
-    if current is not None:
-        out.append(b" ".join(p.strip() for p in current).decode("utf-8", "replace"))
-    return out
-
-
 def from_domain(section: bytes) -> str | None:
     """The one domain of the header From, or None (several From fields or domains)."""
-    values = _fields(section, b"from")
+    values = field_values(section, "from")
     if len(values) != 1:
         return None
     domains = {addr.rpartition("@")[2].lower().rstrip(".")
@@ -151,7 +133,7 @@ class OutboundSigner:
     def _seal(self, body: bytes, section: bytes, key: SigningKey) -> bytes:
         from ..mailauth.arc import seal_message
         ours = ""
-        for value in _fields(section, b"authentication-results"):
+        for value in field_values(section, "authentication-results"):
             try:
                 if parse_authserv_id(value).lower() == self.authserv_id.lower():
                     ours = value

@@ -43,6 +43,7 @@ from .trace import (
 
 __all__ = ["HeaderCapture", "HeaderInfo", "submission_fixups", "new_message_id",
            "QUARANTINE_FIELD", "quarantine_field", "quarantine_reason", "remove_fields",
+           "split_fields", "field_values",
            "HEADER_LIMIT"]
 
 HEADER_LIMIT = 256 * 1024
@@ -229,3 +230,34 @@ def quarantine_reason(message_head: bytes) -> str | None:
             text = b" ".join(v.strip() for v in value).decode("utf-8", "replace").strip()
             return text or "yes"
     return None
+
+
+def split_fields(block: bytes) -> list[bytes]:
+    """A block of CRLF header lines as whole fields (continuation lines kept, CRLF
+    between them; blank lines dropped)."""
+    out: list[bytes] = []
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] += b"\r\n" + line
+        else:
+            out.append(line)
+    return out
+
+
+def field_values(section: bytes, name: str) -> list[str]:
+    """Unfolded values (RFC 5322 §2.2.3: CRLF removed, white space kept) of every field
+    called ``name`` (case-insensitive) in a header section; the section ends at the first
+    blank line if there is one."""
+    end = section.find(b"\r\n\r\n")
+    if end >= 0:
+        section = section[:end + 2]
+    wanted = name.lower().encode()
+    out: list[str] = []
+    for field in split_fields(section):
+        colon = field.find(b":")
+        if colon > 0 and field[:colon].strip().lower() == wanted:
+            out.append(field[colon + 1:].replace(b"\r\n", b"").decode("utf-8", "replace")
+                       .strip())
+    return out

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..message.headers import field_values
 from .verdict import Verdict
 
 
@@ -97,23 +98,7 @@ class MessageView:
 
     def header_values(self, name: str) -> list[str]:
         """Unfolded values of every field called ``name`` in the received header section."""
-        wanted = name.lower().encode()
-        out: list[str] = []
-        current: list[bytes] | None = None
-        for line in self.header.split(b"\r\n"):
-            if line[:1] in (b" ", b"\t"):
-                if current is not None:
-                    current.append(line)
-                continue
-            if current is not None:
-                out.append(b"".join(current).decode("utf-8", "replace").strip())
-                current = None
-            colon = line.find(b":")
-            if colon > 0 and line[:colon].strip().lower() == wanted:
-                current = [line[colon + 1:]]
-        if current is not None:
-            out.append(b"".join(current).decode("utf-8", "replace").strip())
-        return out
+        return field_values(self.header, name)
 
     def prefix(self) -> bytes:
         return b"".join(self.added_headers)

@@ -27,6 +27,7 @@ import ipaddress
 import logging
 from typing import Any, Iterable
 
+from ..net.peername import MAX_PTR, peer_name  # noqa: F401 (MAX_PTR: documented here)
 from ..net.dns import DNSError
 from ..smtp.replies import Reply
 from .context import SessionInfo
@@ -38,7 +39,6 @@ __all__ = ["HeloCheck", "RdnsCheck", "helo_literal"]
 
 log = logging.getLogger("mailwright.policy.helo")
 
-MAX_PTR = 10
 RDNS_FACT = "antiabuse.rdns"
 
 _HELO_REPLIES = {
@@ -144,23 +144,9 @@ class RdnsCheck:
         self.timeout = timeout
 
     async def status(self, ip: str) -> str:
-        """"ok", "missing", "mismatch" or "unknown" (DNS failure: counts as nothing)."""
-        try:
-            names = (await self.resolver.ptr(ip))[:MAX_PTR]
-            if not names:
-                return "missing"
-            want = ipaddress.ip_address(ip)
-            for name in names:
-                try:
-                    found = await self.resolver.addresses(name)
-                except DNSError:
-                    continue
-                if any(ipaddress.ip_address(a) == want for a in found):
-                    return "ok"
-            return "mismatch"
-        except (DNSError, ValueError) as exc:
-            log.debug("rDNS of %s failed: %r (ignored)", ip, exc)
-            return "unknown"
+        """"ok", "missing", "mismatch" or "unknown" (DNS failure: counts as nothing): the
+        same forward-confirmed lookup the session does for the Received field."""
+        return (await peer_name(self.resolver, ip)).status
 
     def prefetch(self, session: SessionInfo) -> None:
         if screened(session) and RDNS_FACT not in session.facts:
