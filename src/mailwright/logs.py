@@ -82,6 +82,10 @@ def setup(level: str = "info", fmt: str = "human", file: str | os.PathLike | Non
     # No record needs the caller's file and line; finding them walks the stack on every
     # log call (documented switch in the logging module).
     logging._srcfile = None  # type: ignore[attr-defined]
+    # Nor the thread or multiprocessing names (no format shows them; documented
+    # switches of the logging module). The process id stays: both formats show it.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -6,6 +6,7 @@ pipeline; time is injected where windows matter.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
 
 import pytest
@@ -47,8 +48,14 @@ def session(ip="192.0.2.20", **kw) -> SessionInfo:
     return SessionInfo(client_ip=ip, client_port=1, listener="smtp", role="mx", **kw)
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(result):
+    """A check's answer: given at once (a Verdict), or awaited (it had to wait)."""
+    if not inspect.isawaitable(result):
+        return result
+
+    async def wait():
+        return await result
+    return asyncio.run(wait())
 
 
 # --------------------------------------------------------------------------- HELO / rDNS

@@ -111,3 +111,73 @@ def test_message_view_reads_once_and_collects_fields():
     view.quarantine("first")
     view.quarantine("second")
     assert view.quarantine_reason == "first"
+
+
+class Quick:
+    """A check that answers at once (no coroutine), as most do most of the time."""
+
+    def __init__(self, name, verdict=CONTINUE, boom=False):
+        self.name, self.verdict, self.boom, self.calls = name, verdict, boom, 0
+
+    def check_mail(self, session, txn):
+        self.calls += 1
+        if self.boom:
+            raise RuntimeError("kaput")
+        return self.verdict
+
+
+def test_begin_answers_at_once_when_no_check_waits():
+    checks = [Quick("a", Verdict(Action.CONTINUE, "a", reason="fine")), Quick("b")]
+    p = Pipeline(mail=checks)
+    txn = TransactionInfo()
+    verdict = p.begin_mail(session(), txn)
+    assert verdict is CONTINUE                      # a Verdict, not an awaitable
+    assert [c.calls for c in checks] == [1, 1]
+    assert [v.check for v in txn.verdicts] == ["a"]
+    p2 = Pipeline(mail=[Quick("no", Verdict(Action.REJECT, "no", DENY, "listed")), Quick("x")])
+    refused = p2.begin_mail(session(), TransactionInfo())
+    assert refused.action is Action.REJECT and p2.steps["mail"][1].calls == 0
+    boom = Pipeline(mail=[Quick("boom", boom=True)]).begin_mail(session(), TransactionInfo())
+    assert boom.action is Action.TEMPFAIL and boom.check == "boom"
+
+
+def test_begin_hands_the_rest_of_the_step_to_an_awaitable_in_order():
+    order = []
+
+    class Recorder(Quick):
+        def check_mail(self, session, txn):
+            order.append(self.name)
+            return super().check_mail(session, txn)
+
+    class Waiting(Step):
+        def check_mail(self, session, txn):
+            order.append(self.name)
+            return self._answer()
+
+    first = Recorder("first", Verdict(Action.CONTINUE, "first", reason="1"))
+    waits = Waiting("waits", Verdict(Action.CONTINUE, "waits", reason="2"), delay=0.01)
+    after = Recorder("after", Verdict(Action.CONTINUE, "after", reason="3"))
+    last = Recorder("last", Verdict(Action.REJECT, "last", DENY, "4"))
+    never = Recorder("never")
+    p = Pipeline(mail=[first, waits, after, last, never])
+    txn = TransactionInfo()
+    pending = p.begin_mail(session(), txn)
+    assert not isinstance(pending, Verdict)
+    assert order == ["first", "waits"]              # nothing after the waiting check yet
+    verdict = run(pending)
+    assert verdict.action is Action.REJECT and verdict.check == "last"
+    assert order == ["first", "waits", "after", "last"]
+    assert [v.check for v in txn.verdicts] == ["first", "waits", "after", "last"]
+
+
+def test_the_awaited_remainder_times_out_naming_the_waiting_check():
+    class Waiting(Step):
+        def check_mail(self, session, txn):
+            return self._answer()
+
+    p = Pipeline(mail=[Quick("quick"), Waiting("slow", delay=5.0), Quick("after")],
+                 timeout=0.05)
+    pending = p.begin_mail(session(), TransactionInfo())
+    verdict = run(pending)
+    assert verdict.action is Action.TEMPFAIL and "slow timed out" in verdict.reason
+    assert p.steps["mail"][2].calls == 0

@@ -225,6 +225,24 @@ def test_queue_ids():
     assert not queueid.is_valid("../etc/passwd00")
 
 
+def test_queue_id_random_part_differs_in_a_forked_child():
+    """Two processes minting ids in the same microsecond must not share random bits: a
+    forked child re-seeds its generator (store/queueid.py)."""
+    import os
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # child: its random part, then exit
+        os.close(r)
+        os.write(w, queueid.new_queue_id(now=3_000_000_000.0)[-5:].encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 16).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    mine = {queueid.new_queue_id(now=3_000_000_000.0)[-5:] for _ in range(3)}
+    assert len(child) == 5 and child not in mine   # 25 random bits: a clash is ~1e-7
+
+
 def test_syncfs_recovery_drops_a_body_torn_by_a_crash(tmp_path):
     """sync_method syncfs commits the row before the one flush that makes body and row
     durable; a crash during that flush can leave a row whose body is not what was

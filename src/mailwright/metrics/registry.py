@@ -22,6 +22,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import threading
@@ -85,6 +86,9 @@ class _Family:
         return tuple(str(v) for v in values)
 
     def labels(self, *values: Any):
+        child = self._children.get(values)       # the common case: known str labels
+        if child is not None:
+            return child
         key = self._key(values)
         child = self._children.get(key)
         if child is None:
@@ -170,10 +174,7 @@ class _HistogramChild:
         self._lock = lock
 
     def observe(self, value: float) -> None:
-        i = 0
-        bounds = self._bounds
-        while i < len(bounds) and value > bounds[i]:
-            i += 1
+        i = bisect.bisect_left(self._bounds, value)    # the first bound >= value
         with self._lock:
             self._counts[i] += 1
             self._sum += value

@@ -37,7 +37,8 @@ from ..smtp.replies import Reply
 from ..smtp.sasl import ScramVerifier
 from ..smtp.server import ServerConfig
 from ..metrics.mail import MailMetrics
-from ..store.base import Store
+from ..store.base import Store, TraceEvent
+from .peername import PeerNameCache
 from .session import SmtpSession
 
 log = logging.getLogger("mailwright.intake")
@@ -122,10 +123,15 @@ class IntakeServer:
         self.header_filters = list(header_filters or ())
         #: for the client's reverse DNS name (net/peername.py); None = not looked up
         self.resolver = resolver
+        self.peer_names = PeerNameCache(resolver) if resolver is not None else None
         self.metrics = metrics if metrics is not None else MailMetrics()   # metrics/mail.py
         #: record transaction outcomes for `mailwright trace` (store.record_trace)
         self.trace = trace and hasattr(store, "record_trace")
         self.on_commit = on_commit
+        self._committed: str | None = None          # batched per loop pass (below)
+        self._trace_events: list[TraceEvent] = []
+        self._trace_tasks: set[asyncio.Task] = set()
+        self._flush_scheduled = False
         self.submission = submission or SubmissionSettings()
         self.auth_limiter = AuthLimiter.from_settings(self.submission)
         self.sender_auth = SenderAuthorization(self.submission)
@@ -213,8 +219,40 @@ class IntakeServer:
         return header
 
     def message_committed(self, queue_id: str) -> None:
-        if self.on_commit is not None:
-            self.on_commit(queue_id)
+        """Wake the queue manager: once per event-loop pass, however many sessions
+        committed in it (a group commit settles many at once), not once per message."""
+        if self.on_commit is None:
+            return
+        self._committed = queue_id
+        self._schedule_flush()
+
+    def record_trace(self, event: TraceEvent) -> None:
+        """Queue a trace event (fire and forget: it never delays or fails a session);
+        the events of one event-loop pass go to the store as one write."""
+        self._trace_events.append(event)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_batched)
+
+    def _flush_batched(self) -> None:
+        self._flush_scheduled = False
+        if self._committed is not None:
+            queue_id, self._committed = self._committed, None
+            if self.on_commit is not None:
+                self.on_commit(queue_id)
+        if self._trace_events:
+            events, self._trace_events = self._trace_events, []
+            task = asyncio.get_running_loop().create_task(self.store.record_trace(events))
+            self._trace_tasks.add(task)
+            task.add_done_callback(self._trace_done)
+
+    def _trace_done(self, task: asyncio.Task) -> None:
+        self._trace_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("trace events not recorded: %r", task.exception())
 
     # -- lifecycle
 
@@ -239,6 +277,9 @@ class IntakeServer:
                 await asyncio.wait_for(server.wait_closed(), 5.0)
             except (asyncio.TimeoutError, Exception):
                 pass
+        self._flush_batched()             # trace events of the last pass, then wait for them
+        if self._trace_tasks:
+            await asyncio.wait(set(self._trace_tasks), timeout=5.0)
 
     async def _refresh_directory(self, interval: float = 1.0) -> None:
         """Reload the snapshot when the store says the directory changed (any process)."""

@@ -17,6 +17,7 @@ Invariants: never raises; a DNS failure, no PTR or no forward match all give an 
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -60,3 +61,38 @@ async def peer_name(resolver, ip: str) -> PeerName:
         if any(ipaddress.ip_address(a) == want for a in found):
             return PeerName(name, names[0], "ok")
     return PeerName("", names[0], "mismatch")
+
+
+class PeerNameCache:
+    """The finished lookups of one process, kept ``ttl`` seconds (LRU, ``size`` entries).
+
+    A busy client (another MTA, a relay host, an application on this machine) opens many
+    connections a minute; each would otherwise start a task and walk the resolver's cache
+    twice (PTR, then A/AAAA) before its banner. A hit answers synchronously. A failed
+    lookup (status "unknown") is not kept, so the next connection asks again. ``ttl`` is
+    short next to usual PTR TTLs: a changed PTR shows within a minute."""
+
+    def __init__(self, resolver, ttl: float = 60.0, size: int = 4096) -> None:
+        self.resolver = resolver
+        self.ttl = ttl
+        self.size = size
+        self._entries: collections.OrderedDict[str, tuple[float, PeerName]] = \
+            collections.OrderedDict()
+
+    def cached(self, ip: str, now: float) -> PeerName | None:
+        entry = self._entries.get(ip)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._entries[ip]
+            return None
+        return entry[1]
+
+    async def lookup(self, ip: str, now: float) -> PeerName:
+        name = await peer_name(self.resolver, ip)
+        if name.status != "unknown":
+            self._entries[ip] = (now + self.ttl, name)
+            self._entries.move_to_end(ip)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return name

@@ -52,7 +52,7 @@ from ..smtp import events as ev
 from ..smtp import sasl
 from ..smtp.server import ServerConnection
 from ..store.base import StoreError, TraceEvent
-from .peername import PeerName, peer_name, wanted
+from .peername import PeerName, wanted
 from .tls import describe
 
 if TYPE_CHECKING:
@@ -75,9 +75,6 @@ def _verdict_dict(v: Verdict) -> dict:
     return out
 
 
-def _trace_done(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("trace event not recorded: %r", task.exception())
 _MAX_HELD = 256 * 1024      # pipelined bytes buffered during a commit before pausing reads
 
 
@@ -113,7 +110,8 @@ class SmtpSession(asyncio.Protocol):
         self._grants: tuple[str, ...] = ()   # send-as grants of the authenticated user
         self._capture: HeaderCapture | None = None
         self._greeted = True
-        self._peer: asyncio.Task | None = None     # reverse DNS (net/peername.py)
+        self._peer: asyncio.Task | None = None     # reverse DNS (net/peername.py) ...
+        self._peer_name: PeerName | None = None    # ... or its cached answer
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -135,13 +133,22 @@ class SmtpSession(asyncio.Protocol):
                                 session_id=self.sid)
         config = self.server.server_config(self.listener)
         self.conn = ServerConnection(config, self.loop.time())
-        if self.server.resolver is not None and wanted(ip):
-            self._peer = self.loop.create_task(peer_name(self.server.resolver, ip))
+        names = self.server.peer_names
+        if names is not None and wanted(ip):
+            now = self.loop.time()
+            self._peer_name = names.cached(ip, now)
+            if self._peer_name is None:
+                self._peer = self.loop.create_task(names.lookup(ip, now))
         if self.listener.tls == "implicit":
             self.info.tls = describe(transport.get_extra_info("ssl_object"))
         if self.server.pipeline.has("connect"):
-            self._greeted = False
-            self._start(self._connect())
+            verdict = self.server.pipeline.begin_connect(self.info)
+            if isinstance(verdict, Verdict):
+                self._connected(verdict)
+                self._pump()
+            else:                           # a check waits (DNS lists, greeting delay)
+                self._greeted = False
+                self._start(self._connect(verdict))
         else:
             self.conn.greeting()
             self._flush()
@@ -235,9 +242,9 @@ class SmtpSession(asyncio.Protocol):
             self._mail = event
             self.txn.sender = str(event.address)
             if self.server.pipeline.has("mail"):
-                verdict = self.server.pipeline.check_mail_sync(self.info, self.txn)
-                if verdict is None:             # a check needs the event loop
-                    self._start(self._mail_checks())
+                verdict = self.server.pipeline.begin_mail(self.info, self.txn)
+                if not isinstance(verdict, Verdict):    # a check has to wait
+                    self._start(self._mail_checks(verdict))
                     return True
                 if verdict.action in (Action.REJECT, Action.TEMPFAIL):
                     self._refuse_mail(verdict)
@@ -265,8 +272,12 @@ class SmtpSession(asyncio.Protocol):
         elif t is ev.Hello:
             self.info.helo = event.hostname
             if self.server.pipeline.has("helo"):
-                self._start(self._helo_checks())
-                return True
+                verdict = self.server.pipeline.begin_helo(self.info)
+                if not isinstance(verdict, Verdict):    # a check has to wait
+                    self._start(self._helo_checks(verdict))
+                    return True
+                self._helo_verdict(verdict)
+                return False
             conn.respond(None)
         elif t is ev.TransactionReset:
             self._reset_transaction()
@@ -311,9 +322,11 @@ class SmtpSession(asyncio.Protocol):
 
     # ------------------------------------------------------------ steps
 
-    async def _connect(self) -> None:
+    async def _connect(self, pending) -> None:
         """Connect checks (blocklists, pre-greeting) run before the banner is sent."""
-        verdict = await self.server.pipeline.check_connect(self.info)
+        self._connected(await pending)
+
+    def _connected(self, verdict: Verdict) -> None:
         self._greeted = True
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             log.info("reject sid=%s client=%s step=connect check=%s reason=%s", self.sid,
@@ -325,8 +338,10 @@ class SmtpSession(asyncio.Protocol):
             return
         self.conn.greeting()
 
-    async def _helo_checks(self) -> None:
-        verdict = await self.server.pipeline.check_helo(self.info)
+    async def _helo_checks(self, pending) -> None:
+        self._helo_verdict(await pending)
+
+    def _helo_verdict(self, verdict: Verdict) -> None:
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             log.info("reject sid=%s client=%s helo=%s check=%s reason=%s", self.sid,
                      self.info.client_ip, self.info.helo[:100], verdict.check, verdict.reason)
@@ -338,8 +353,8 @@ class SmtpSession(asyncio.Protocol):
         self.conn.respond(verdict.reply if verdict.action is Action.ACCEPT
                           and verdict.reply and verdict.reply.is_positive else None)
 
-    async def _mail_checks(self) -> None:
-        verdict = await self.server.pipeline.check_mail(self.info, self.txn)
+    async def _mail_checks(self, pending) -> None:
+        verdict = await pending
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             self._refuse_mail(verdict)
             return
@@ -362,7 +377,9 @@ class SmtpSession(asyncio.Protocol):
         capture = self._capture
         header = capture.header if capture is not None and capture.header is not None else b""
         message = MessageView(header, blob.size, blob.read_all)
-        verdict = await self.server.pipeline.check_data(self.info, self.txn, message)
+        verdict = self.server.pipeline.begin_data(self.info, self.txn, message)
+        if not isinstance(verdict, Verdict):
+            verdict = await verdict
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             return verdict
         prefix = message.prefix()
@@ -717,7 +734,6 @@ class SmtpSession(asyncio.Protocol):
         forget, it never delays or fails the session."""
         if not self.server.trace or self.info is None:
             return
-        record = self.server.store.record_trace
         info, txn = self.info, self.txn
         txn.facts["traced"] = True
         data = {"listener": info.listener, "port": info.client_port, "helo": info.helo,
@@ -744,13 +760,14 @@ class SmtpSession(asyncio.Protocol):
         if recipients is None:
             recipients = list(txn.recipients)
         recipients += [r["rcpt"] for r in txn.facts.get("refused", ())]
-        event = TraceEvent(time.time(), kind, self.sid, queue_id, message_id, txn.sender,
-                           tuple(recipients), info.client_ip, data)
-        task = self.loop.create_task(record([event]))
-        task.add_done_callback(_trace_done)
+        self.server.record_trace(TraceEvent(time.time(), kind, self.sid, queue_id, message_id,
+                                            txn.sender, tuple(recipients), info.client_ip,
+                                            data))
 
     def _client_name(self) -> PeerName:
         """The client's forward-confirmed name if the lookup has finished (never waits)."""
+        if self._peer_name is not None:
+            return self._peer_name
         task = self._peer
         if task is None or not task.done() or task.cancelled():
             return _NO_NAME

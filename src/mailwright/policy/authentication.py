@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from ..config.mailauth import AuthSettings
 from ..mailauth import arc as arc_mod
@@ -165,10 +165,19 @@ class SpfResultStage:
     def __init__(self, spf: SpfStage) -> None:
         self.spf = spf
 
-    async def check_data(self, session: SessionInfo, txn: TransactionInfo,
-                         message: MessageView) -> Verdict:
-        if PENDING not in txn.facts:
+    def check_data(self, session: SessionInfo, txn: TransactionInfo,
+                   message: MessageView) -> Verdict | Awaitable[Verdict]:
+        pending = txn.facts.get(PENDING)
+        if pending is None:
             return CONTINUE
+        if "spf" not in txn.facts and pending.done() and not pending.cancelled() \
+                and pending.exception() is None:
+            txn.facts["spf"] = pending.result()      # finished during RCPT/DATA
+        if "spf" in txn.facts:
+            return self.spf.verdict(txn, txn.facts["spf"])
+        return self._wait(txn)
+
+    async def _wait(self, txn: TransactionInfo) -> Verdict:
         return self.spf.verdict(txn, await spf_result(txn))
 
 
@@ -181,10 +190,14 @@ class DkimStage:
         self.settings = settings
         self.resolver = resolver
 
-    async def check_data(self, session: SessionInfo, txn: TransactionInfo,
-                         message: MessageView) -> Verdict:
+    def check_data(self, session: SessionInfo, txn: TransactionInfo,
+                   message: MessageView) -> Verdict | Awaitable[Verdict]:
         if not self.scope(session):
-            return CONTINUE
+            return CONTINUE             # answered at once: no coroutine, no task
+        return self._check(session, txn, message)
+
+    async def _check(self, session: SessionInfo, txn: TransactionInfo,
+                     message: MessageView) -> Verdict:
         results = await dkim_mod.verify_message(
             self.resolver, message.read(), max_signatures=self.settings.dkim_max_signatures)
         txn.facts["dkim"] = results
@@ -213,10 +226,14 @@ class ArcStage:
         self.settings = settings
         self.resolver = resolver
 
-    async def check_data(self, session: SessionInfo, txn: TransactionInfo,
-                         message: MessageView) -> Verdict:
+    def check_data(self, session: SessionInfo, txn: TransactionInfo,
+                   message: MessageView) -> Verdict | Awaitable[Verdict]:
         if not self.scope(session):
-            return CONTINUE
+            return CONTINUE             # answered at once: no coroutine, no task
+        return self._check(session, txn, message)
+
+    async def _check(self, session: SessionInfo, txn: TransactionInfo,
+                     message: MessageView) -> Verdict:
         result = await arc_mod.verify_chain(self.resolver, message.read())
         txn.facts["arc"] = result
         props = []
@@ -238,10 +255,14 @@ class DmarcStage:
         self.resolver = resolver
         self.recorder = recorder          # DMARC report recording (optional)
 
-    async def check_data(self, session: SessionInfo, txn: TransactionInfo,
-                         message: MessageView) -> Verdict:
+    def check_data(self, session: SessionInfo, txn: TransactionInfo,
+                   message: MessageView) -> Verdict | Awaitable[Verdict]:
         if not self.scope(session):
-            return CONTINUE
+            return CONTINUE             # answered at once: no coroutine, no task
+        return self._check(session, txn, message)
+
+    async def _check(self, session: SessionInfo, txn: TransactionInfo,
+                     message: MessageView) -> Verdict:
         try:
             author = dmarc_mod.author_domain(message.header_values("From"))
         except dmarc_mod.AuthorDomainError as exc:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable
 
 from ..net.peername import MAX_PTR, peer_name  # noqa: F401 (MAX_PTR: documented here)
 from ..net.dns import DNSError
@@ -106,14 +106,24 @@ class HeloCheck:
             return True
         return bool(addresses)
 
-    async def check_helo(self, session: SessionInfo) -> Verdict:
+    def check_helo(self, session: SessionInfo) -> Verdict | Awaitable[Verdict]:
+        """Answered at once unless the "unresolvable" rule needs a DNS lookup."""
         if not screened(session) or session.facts.get(ALLOWLISTED) or not session.helo:
             return CONTINUE
         helo = session.helo
         findings = [f for f in self._findings(helo, session.client_ip) if self.rules[f] != "off"]
         if self.rules["unresolvable"] != "off" and helo_literal(helo) is None \
-                and "non-fqdn" not in findings and not await self._resolves(helo):
+                and "non-fqdn" not in findings:
+            return self._check_resolving(session, findings)
+        return self._judge(session, findings)
+
+    async def _check_resolving(self, session: SessionInfo, findings: list[str]) -> Verdict:
+        if not await self._resolves(session.helo):
             findings.append("unresolvable")
+        return self._judge(session, findings)
+
+    def _judge(self, session: SessionInfo, findings: list[str]) -> Verdict:
+        helo = session.helo
         verdict = CONTINUE
         for rule in findings:
             why = f"helo {helo[:100]!r}: {rule}"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from ..routing.directory import Resolution
 from ..smtp import catalog
@@ -81,35 +81,80 @@ class Pipeline:
         else:
             self.steps[step].append(check)
 
-    async def _run(self, step: str, args: tuple, record: list[Verdict]) -> Verdict:
-        """The checks of one step in order, under ONE timeout for the whole step (a timer
-        per check cost more than most checks do); the check running when it expires is
-        the one named in the TEMPFAIL."""
+    def begin(self, step: str, args: tuple, record: list[Verdict]) -> "Verdict | Awaitable[Verdict]":
+        """Run the checks of one step, synchronously for as long as they answer at once.
+
+        Most checks answer without waiting most of the time (out of scope, nothing to look
+        up, a cache hit), so the common path costs no task and no timer. The first check
+        that returns an awaitable hands the rest of the step to ``_continue``, which the
+        caller awaits: the pending awaitable and every check after it run under ONE
+        timeout for the whole remainder (a timer per check cost more than most checks
+        do); the check running when it expires is the one named in the TEMPFAIL."""
         method = f"check_{step}"
-        current: Any = None
+        checks = self.steps[step]
+        for index, check in enumerate(checks):
+            try:
+                verdict = getattr(check, method)(*args)
+            except Exception:
+                log.exception("policy check %s failed", getattr(check, "name", check))
+                verdict = _failed(check, "check raised")
+            if inspect.isawaitable(verdict):
+                return self._continue(method, checks, index, verdict, args, record)
+            if verdict.check and verdict.reason:
+                record.append(verdict)
+            if verdict.action is not Action.CONTINUE:
+                return verdict
+        return CONTINUE
+
+    async def _continue(self, method: str, checks: list[Any], index: int, pending: Any,
+                        args: tuple, record: list[Verdict]) -> Verdict:
+        current: Any = checks[index]
         try:
             async with asyncio.timeout(self.timeout):
-                for check in self.steps[step]:
-                    current = check
+                while True:
                     try:
-                        verdict = getattr(check, method)(*args)
-                        if inspect.isawaitable(verdict):
-                            verdict = await verdict
+                        verdict = await pending
                     except (asyncio.CancelledError, TimeoutError):
                         raise
                     except Exception:
-                        log.exception("policy check %s failed", getattr(check, "name", check))
-                        verdict = _failed(check, "check raised")
+                        log.exception("policy check %s failed", getattr(current, "name", current))
+                        verdict = _failed(current, "check raised")
                     if verdict.check and verdict.reason:
                         record.append(verdict)
                     if verdict.action is not Action.CONTINUE:
                         return verdict
+                    # The next checks, each awaited only if it has to wait.
+                    while True:
+                        index += 1
+                        if index >= len(checks):
+                            return CONTINUE
+                        current = checks[index]
+                        try:
+                            verdict = getattr(current, method)(*args)
+                        except Exception:
+                            log.exception("policy check %s failed",
+                                          getattr(current, "name", current))
+                            verdict = _failed(current, "check raised")
+                        if inspect.isawaitable(verdict):
+                            pending = verdict
+                            break
+                        if verdict.check and verdict.reason:
+                            record.append(verdict)
+                        if verdict.action is not Action.CONTINUE:
+                            return verdict
         except TimeoutError:
+            if inspect.iscoroutine(pending):
+                pending.close()
             name = getattr(current, "name", "?")
             verdict = _failed(current, f"{name} timed out after {self.timeout}s")
             record.append(verdict)
             return verdict
-        return CONTINUE
+
+    async def _run(self, step: str, args: tuple, record: list[Verdict]) -> Verdict:
+        verdict = self.begin(step, args, record)
+        if isinstance(verdict, Verdict):
+            return verdict
+        return await verdict
 
     async def check_connect(self, session: SessionInfo) -> Verdict:
         return await self._run("connect", (session,), session.verdicts)
@@ -124,27 +169,21 @@ class Pipeline:
                          message: MessageView) -> Verdict:
         return await self._run("data", (session, txn, message), txn.verdicts)
 
-    def check_mail_sync(self, session: SessionInfo, txn: TransactionInfo) -> Verdict | None:
-        """The MAIL checks without awaiting (SPF starts in the background); None if one
-        needs the event loop (then call ``check_mail``)."""
-        return self._run_sync("mail", (session, txn), txn.verdicts)
+    # The same steps without awaiting while no check has to wait: each returns a Verdict,
+    # or an awaitable of one (the session then starts a task, or awaits it in its commit).
+    def begin_connect(self, session: SessionInfo) -> "Verdict | Awaitable[Verdict]":
+        return self.begin("connect", (session,), session.verdicts)
 
-    def _run_sync(self, step: str, args: tuple, record: list[Verdict]) -> Verdict | None:
-        method = f"check_{step}"
-        for check in self.steps[step]:
-            try:
-                verdict = getattr(check, method)(*args)
-            except Exception:
-                log.exception("policy check %s failed", check.name)
-                return _failed(check, "check raised")
-            if inspect.isawaitable(verdict):
-                verdict.close()
-                return None
-            if verdict.check and verdict.reason:
-                record.append(verdict)
-            if verdict.action is not Action.CONTINUE:
-                return verdict
-        return CONTINUE
+    def begin_helo(self, session: SessionInfo) -> "Verdict | Awaitable[Verdict]":
+        return self.begin("helo", (session,), session.verdicts)
+
+    def begin_mail(self, session: SessionInfo,
+                   txn: TransactionInfo) -> "Verdict | Awaitable[Verdict]":
+        return self.begin("mail", (session, txn), txn.verdicts)
+
+    def begin_data(self, session: SessionInfo, txn: TransactionInfo,
+                   message: MessageView) -> "Verdict | Awaitable[Verdict]":
+        return self.begin("data", (session, txn, message), txn.verdicts)
 
     def check_rcpt_sync(self, session: SessionInfo, txn: TransactionInfo, rcpt: Address,
                         resolution: Resolution) -> Verdict | None:

@@ -21,7 +21,8 @@ directories.
 """
 from __future__ import annotations
 
-import secrets
+import os
+import random
 import threading
 import time
 
@@ -33,13 +34,24 @@ _VALID = frozenset(ALPHABET)
 
 _lock = threading.Lock()
 _last_us = 0
+# The random part only has to differ between processes, not be unpredictable (ids are
+# shown to clients as Postfix's are): a per-process generator seeded from the kernel,
+# re-seeded in a forked child, costs no system call per id (secrets did, one getrandom).
+_random = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]      # 10 bits -> 2 characters
 
 
 def _encode(value: int, width: int) -> str:
     out = []
-    for _ in range(width):
+    if width & 1:
         out.append(ALPHABET[value & 31])
         value >>= 5
+        width -= 1
+    pairs = _PAIRS
+    for _ in range(width // 2):
+        out.append(pairs[value & 1023])
+        value >>= 10
     return "".join(reversed(out))
 
 
@@ -51,7 +63,7 @@ def new_queue_id(now: float | None = None) -> str:
         if us <= _last_us:
             us = _last_us + 1
         _last_us = us
-    return _encode(us, _TIME_CHARS) + _encode(secrets.randbits(5 * _RAND_CHARS), _RAND_CHARS)
+    return _encode(us, _TIME_CHARS) + _encode(_random.getrandbits(5 * _RAND_CHARS), _RAND_CHARS)
 
 
 def is_valid(queue_id: str) -> bool:

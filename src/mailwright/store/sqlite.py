@@ -169,6 +169,10 @@ class SQLiteStore:
             conn.execute("PRAGMA synchronous = NORMAL" if self._syncfs
                          else "PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Statement journals (multi-row statements inside the batched transactions)
+            # stay in memory instead of spilling to files under /var/tmp: they only
+            # matter until their statement ends, and a crash discards them anyway.
+            conn.execute("PRAGMA temp_store = MEMORY")
         except BaseException:
             conn.close()
             raise
