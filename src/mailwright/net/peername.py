@@ -18,6 +18,7 @@ Invariants: never raises; a DNS failure, no PTR or no forward match all give an 
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class PeerName:
     status: str = "unknown"   # "ok" | "missing" (no PTR) | "mismatch" | "unknown" (DNS failed)
 
 
+@functools.lru_cache(maxsize=4096)
 def wanted(ip: str) -> bool:
     try:
         ipaddress.ip_address(ip)

@@ -8,12 +8,23 @@ written as one field by the last data stage.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..message.headers import field_values
 from .verdict import Verdict
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address as given by the socket, parsed once per process and address
+    (clients reconnect often; ipaddress parsing is slow Python). None if not an IP."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)
@@ -33,10 +44,7 @@ class SessionInfo:
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        try:
-            return ipaddress.ip_address(self.client_ip)
-        except ValueError:
-            return None
+        return parse_ip(self.client_ip)
 
 
 @dataclass(slots=True)

@@ -98,7 +98,7 @@ class Pipeline:
             except Exception:
                 log.exception("policy check %s failed", getattr(check, "name", check))
                 verdict = _failed(check, "check raised")
-            if inspect.isawaitable(verdict):
+            if type(verdict) is not Verdict and inspect.isawaitable(verdict):
                 return self._continue(method, checks, index, verdict, args, record)
             if verdict.check and verdict.reason:
                 record.append(verdict)
@@ -135,7 +135,7 @@ class Pipeline:
                             log.exception("policy check %s failed",
                                           getattr(current, "name", current))
                             verdict = _failed(current, "check raised")
-                        if inspect.isawaitable(verdict):
+                        if type(verdict) is not Verdict and inspect.isawaitable(verdict):
                             pending = verdict
                             break
                         if verdict.check and verdict.reason:
@@ -195,7 +195,7 @@ class Pipeline:
             except Exception:
                 log.exception("policy check %s failed", check.name)
                 return _failed(check, "check raised")
-            if inspect.isawaitable(verdict):
+            if type(verdict) is not Verdict and inspect.isawaitable(verdict):
                 verdict.close()
                 return None
             if verdict.action is not Action.CONTINUE:

@@ -14,7 +14,7 @@ import ipaddress
 from ..routing.directory import Directory, Kind, Resolution
 from ..smtp import catalog
 from ..smtp.events import Address
-from .context import SessionInfo, TransactionInfo
+from .context import SessionInfo, TransactionInfo, parse_ip
 from .verdict import CONTINUE, Action, Verdict
 
 _ROUTING_CHARS = frozenset("%!@")
@@ -27,9 +27,8 @@ class RelayCheck:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
 
     def is_trusted(self, client_ip: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(client_ip)
-        except ValueError:
+        ip = parse_ip(client_ip)
+        if ip is None:
             return False
         return any(ip in n for n in self.networks)
 

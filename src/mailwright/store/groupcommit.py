@@ -81,6 +81,8 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._pending: list[Pending] = []
         self._stopping = False
+        self._idle = False            # the writer waits for work (under _cond)
+        self._wake_scheduled = False  # a wake-up at the end of this loop pass is due
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -130,8 +132,23 @@ class GroupCommitter:
             if self._stopping or self._thread is None:
                 raise StoreError("store is not open")
             self._pending.append(Pending(kind, payload, loop, fut))
-            self._cond.notify()
+            if not self._idle:
+                pass                  # busy: it takes everything pending when it is done
+            elif asyncio._get_running_loop() is loop:
+                # Wake the idle writer once at the end of this event-loop pass, so the
+                # commits of every session served in the pass make one batch (one
+                # transaction, one flush) and one thread wake-up.
+                if not self._wake_scheduled:
+                    self._wake_scheduled = True
+                    loop.call_soon(self._wake)
+            else:
+                self._cond.notify()
         return fut
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._wake_scheduled = False
+            self._cond.notify()
 
     # --- the writer thread
     def _run(self) -> None:
@@ -146,7 +163,9 @@ class GroupCommitter:
             while True:
                 with self._cond:
                     while not self._pending and not self._stopping:
+                        self._idle = True
                         self._cond.wait()
+                    self._idle = False
                     if not self._pending:
                         return
                     batch = self._pending[:self._max_batch]
