@@ -224,6 +224,8 @@ class Worker:
                 loop.add_reader(wake_sock.fileno(), self._drain_socket, wake_sock, manager)
             tasks.append(loop.create_task(self._supervise_workers()))
             tasks.append(loop.create_task(self._prune_trace(store)))
+            if settings.antiabuse.quarantine_retention_days:
+                tasks.append(loop.create_task(self._expire_quarantine(store)))
             if hasattr(store, "heartbeat"):         # cluster store: cluster/heartbeat.py
                 tasks.append(loop.create_task(self._heartbeat(store, manager)))
             if settings.auth.dmarc_reports:
@@ -372,6 +374,20 @@ class Worker:
                 raise
             except Exception:  # noqa: BLE001 - housekeeping never stops the server
                 log.exception("trace pruning failed")
+            await asyncio.sleep(interval)
+
+    async def _expire_quarantine(self, store, interval: float = 3600.0) -> None:
+        """Delete messages held in quarantine longer than ``[antiabuse]
+        quarantine_retention_days``, hourly (admin/quarantine.py ``expire``)."""
+        from .admin.quarantine import QuarantineOps
+        ops = QuarantineOps(store, user="mailwright")
+        while True:
+            try:
+                await ops.expire(self.settings.antiabuse.quarantine_retention_days)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - housekeeping never stops the server
+                log.exception("quarantine expiry failed")
             await asyncio.sleep(interval)
 
     async def _dmarc_reports(self, store, resolver, manager) -> None:

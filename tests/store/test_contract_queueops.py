@@ -296,6 +296,14 @@ async def test_releasing_a_quarantined_message_clears_the_mark_and_makes_it_due(
     assert store.read_body(c) == BODY
 
 
+async def test_releasing_one_quarantined_message_by_id_clears_the_mark(store):
+    q = await commit(store, "bob@remote.test", quarantine="spam score 9.0")
+    assert await store.release(q, now=T0 + 5) == 1
+    m = await store.get_message(q)
+    assert m.envelope.quarantine == "" and m.recipients[0].state is QUEUED
+    assert await select(store, quarantined=True) == []
+
+
 async def test_deleting_a_quarantined_message(store):
     q = await commit(store, "bob@remote.test", quarantine="rspamd quarantine")
     n = await commit(store, "dave@remote.test")
@@ -312,3 +320,24 @@ async def test_quarantine_survives_reopening_the_store(store, store_factory):
     m = await again.get_message(q)
     assert m.envelope.quarantine == "content rule x" and m.recipients[0].state is HELD
     assert await again.claim_due(T0 + 10_000, 10, "w", 60) == []
+
+
+async def test_quarantine_expiry_deletes_only_old_messages_still_in_quarantine(store):
+    from mailwright.admin.quarantine import QuarantineOps
+    from mailwright.admin.service import InvalidInput
+    day = 86400.0
+    old = await commit(store, "bob@remote.test", at=T0, quarantine="content rule x")
+    young = await commit(store, "bob@remote.test", at=T0 + 25 * day, quarantine="score 9")
+    released = await commit(store, "bob@remote.test", at=T0, quarantine="score 8")
+    await store.release(released, now=T0 + 1)          # left quarantine: an ordinary message
+    plain = await commit(store, "bob@remote.test", at=T0)
+    ops = QuarantineOps(store, user="mailwright", clock=lambda: T0 + 31 * day)
+    assert await ops.expire(30) == [old]
+    assert await store.get_message(old) is None
+    for kept in (young, released, plain):
+        assert await store.get_message(kept) is not None
+    [row] = [a for a in await store.list_audit() if a.action == "quarantine-expire"]
+    assert row.user == "mailwright" and row.ids == (old,)
+    assert await ops.expire(30) == []                   # nothing more to do
+    with pytest.raises(InvalidInput):
+        await ops.expire(0)

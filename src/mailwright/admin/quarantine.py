@@ -8,7 +8,9 @@ What: ``QuarantineOps(store, user=..., wake=...)``, behind ``mailwright quaranti
 * ``show(queue_id)``: one of them, with the header section of its body;
 * ``release(ids)``: deliver them normally: every HELD recipient → QUEUED, due now, the
   quarantine mark cleared; the running server is woken;
-* ``delete(ids)``: remove them (rows, history, body; nobody is told).
+* ``delete(ids)``: remove them (rows, history, body; nobody is told);
+* ``expire(days)``: delete those received more than ``days`` days ago (the server runs it
+  hourly with ``[antiabuse] quarantine_retention_days``; audited as ``quarantine-expire``).
 
 A message gets into quarantine at acceptance: a check of the data step called
 ``MessageView.hold(reason)`` (anti-abuse "quarantine" actions: content rules, attachment
@@ -32,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Callable, Sequence
@@ -105,6 +108,27 @@ class QuarantineOps:
         deleted = await self.store.queue_delete(
             _in_quarantine(ids), audit=record)
         self._log("quarantine-delete", dict.fromkeys(deleted, 1))
+        return deleted
+
+    async def expire(self, days: float) -> list[str]:
+        """Delete the messages in quarantine received more than ``days`` days ago, as a
+        quarantine that is never looked at must not grow without end (Exchange and rspamd
+        expire theirs too). One transaction with its audit row; returns the ids."""
+        if days <= 0:
+            raise InvalidInput(f"invalid retention {days}: expected more than 0 days")
+        now = self.clock()
+        flt = QueueFilter(quarantined=True, state=RecipientState.HELD,
+                          received_before=now - days * 86400)
+        due = [m.queue_id for m in await self.store.queue_select(flt, None)]
+        if not due:
+            return []                   # nothing to do: no audit row every hour
+        record = AuditRecord(at=now, user=self.user, action="quarantine-expire",
+                             detail=f"received more than {days:g} days ago")
+        # The same conditions again inside the delete's transaction: a message released
+        # meanwhile is not deleted.
+        deleted = await self.store.queue_delete(
+            dataclasses.replace(flt, queue_ids=tuple(due)), audit=record)
+        self._log("quarantine-expire", dict.fromkeys(deleted, 1))
         return deleted
 
     # ------------------------------------------------------------------ helpers

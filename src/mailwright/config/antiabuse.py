@@ -373,6 +373,10 @@ class AntiAbuseSettings:
     quarantine_threshold: float = _key(0.0, conv=_number(),
                                        doc="Spam score at which mail is held in quarantine "
                                            "(mailwright quarantine); 0 = never.")
+    quarantine_retention_days: int = _key(
+        30, conv=_nonneg_int,
+        doc="Days a message stays in quarantine before the server deletes it (hourly, "
+            "audited as quarantine-expire); 0 = until an operator releases or deletes it.")
     junk_threshold: float = _key(0.0, conv=_number(),
                                  doc="Spam score at which mail goes to the Junk folder; "
                                      "0 = never.")

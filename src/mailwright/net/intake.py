@@ -43,6 +43,9 @@ from .session import SmtpSession
 
 log = logging.getLogger("mailwright.intake")
 
+TRACE_DELAY = 0.2       # seconds a trace event may wait for others to share its write
+TRACE_BATCH = 500       # ... or this many events: written at once
+
 _QUARANTINE = QUARANTINE_FIELD.lower()
 
 
@@ -129,9 +132,10 @@ class IntakeServer:
         self.trace = trace and hasattr(store, "record_trace")
         self.on_commit = on_commit
         self._committed: str | None = None          # batched per loop pass (below)
-        self._trace_events: list[TraceEvent] = []
+        self._wake_scheduled = False
+        self._trace_events: list[TraceEvent] = []       # batched (record_trace)
+        self._trace_timer: asyncio.TimerHandle | None = None
         self._trace_tasks: set[asyncio.Task] = set()
-        self._flush_scheduled = False
         self.submission = submission or SubmissionSettings()
         self.auth_limiter = AuthLimiter.from_settings(self.submission)
         self.sender_auth = SenderAuthorization(self.submission)
@@ -224,25 +228,34 @@ class IntakeServer:
         if self.on_commit is None:
             return
         self._committed = queue_id
-        self._schedule_flush()
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_queue)
+
+    def _wake_queue(self) -> None:
+        self._wake_scheduled = False
+        queue_id, self._committed = self._committed, None
+        if queue_id is not None and self.on_commit is not None:
+            self.on_commit(queue_id)
 
     def record_trace(self, event: TraceEvent) -> None:
-        """Queue a trace event (fire and forget: it never delays or fails a session);
-        the events of one event-loop pass go to the store as one write."""
+        """Queue a trace event (fire and forget: it never delays or fails a session).
+        Events go to the store in batches, at most ``TRACE_DELAY`` seconds after the
+        first of a batch or at ``TRACE_BATCH`` events: a write transaction per event
+        loop pass was three times as many as the message commits themselves, each
+        taking the database write lock that the other processes wait for. A kill -9
+        loses at most that last fraction of a second of trace records (never mail)."""
         self._trace_events.append(event)
-        self._schedule_flush()
+        if len(self._trace_events) >= TRACE_BATCH:
+            self._flush_trace()
+        elif self._trace_timer is None:
+            self._trace_timer = asyncio.get_running_loop().call_later(TRACE_DELAY,
+                                                                      self._flush_trace)
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_batched)
-
-    def _flush_batched(self) -> None:
-        self._flush_scheduled = False
-        if self._committed is not None:
-            queue_id, self._committed = self._committed, None
-            if self.on_commit is not None:
-                self.on_commit(queue_id)
+    def _flush_trace(self) -> None:
+        if self._trace_timer is not None:
+            self._trace_timer.cancel()
+            self._trace_timer = None
         if self._trace_events:
             events, self._trace_events = self._trace_events, []
             task = asyncio.get_running_loop().create_task(self.store.record_trace(events))
@@ -277,7 +290,7 @@ class IntakeServer:
                 await asyncio.wait_for(server.wait_closed(), 5.0)
             except (asyncio.TimeoutError, Exception):
                 pass
-        self._flush_batched()             # trace events of the last pass, then wait for them
+        self._flush_trace()               # the last trace events, then wait for them
         if self._trace_tasks:
             await asyncio.wait(set(self._trace_tasks), timeout=5.0)
 

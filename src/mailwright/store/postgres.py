@@ -829,6 +829,9 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
                 " LEAST(next_attempt_at, $2) WHERE queue_id = $1 AND state = 'held'",
                 queue_id, at))
             if n:
+                # nothing held any more: no longer in quarantine (as queue_release)
+                await c.execute("UPDATE messages SET quarantine = '' WHERE queue_id = $1"
+                                " AND quarantine != ''", queue_id)
                 await c.execute(_REFRESH_DUE, [queue_id])
                 await c.execute(notify_sql(), self.channel)
             return n

@@ -872,9 +872,16 @@ class SQLiteStore:
 
     async def release(self, queue_id: str, now: float | None = None) -> int:
         at = time.time() if now is None else now
-        return await self._write(lambda c, rm: c.execute(
-            "UPDATE recipients SET state = 'queued', next_attempt_at = MIN(next_attempt_at, ?)"
-            " WHERE queue_id = ? AND state = 'held'", (at, queue_id)).rowcount)
+
+        def fn(c: sqlite3.Connection, remove: list[str]) -> int:
+            n = c.execute("UPDATE recipients SET state = 'queued',"
+                          " next_attempt_at = MIN(next_attempt_at, ?)"
+                          " WHERE queue_id = ? AND state = 'held'", (at, queue_id)).rowcount
+            if n:   # nothing held any more: no longer in quarantine (as queue_release)
+                c.execute("UPDATE messages SET quarantine = '' WHERE queue_id = ?"
+                          " AND quarantine != ''", (queue_id,))
+            return n
+        return await self._write(fn)
 
     async def delete_message(self, queue_id: str) -> bool:
         def fn(c: sqlite3.Connection, remove: list[str]) -> bool:
