@@ -125,6 +125,12 @@ def _domain_of(address: str) -> str:
     return domain
 
 
+def _no_commits(conn: Any, items: list[Pending]) -> None:
+    """The reader and reaper threads take jobs only (``submit_txn``), never commits."""
+    for p in items:
+        p.error = StoreError("not a writer")
+
+
 class SQLiteStore:
     """``base.Store`` on SQLite + body files. See the module docstring."""
 
@@ -138,7 +144,7 @@ class SQLiteStore:
         self.blobs = BlobDir(blob_dir)
         self.busy_timeout = busy_timeout
         self._wlock_fd = -1
-        self._reaper: ThreadPoolExecutor | None = None
+        self._reaper: GroupCommitter | None = None     # unlinks bodies off the writer
         self._db_fd = -1        # syncfs mode, database on another file system than bodies
         self.lock_retry_seconds = lock_retry_seconds
         if sync_method not in ("fsync", "syncfs"):
@@ -153,8 +159,7 @@ class SQLiteStore:
         self.last_recovery: RecoveryReport | None = None
         self._writer: GroupCommitter | None = None
         self._fsync_pool: ThreadPoolExecutor | None = None
-        self._reader: ThreadPoolExecutor | None = None
-        self._read_conn: sqlite3.Connection | None = None
+        self._reader: GroupCommitter | None = None     # reads on their own connection
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
@@ -241,13 +246,20 @@ class SQLiteStore:
             # Unlinking is slow on some file systems (freeing inodes and blocks, online
             # discard) and needs no ordering: a body whose unlink is lost to a crash is an
             # orphan that recover() removes. So it runs beside the writer, not on it.
-            await asyncio.get_running_loop().run_in_executor(self._reaper, self._remove_all,
-                                                             rels)
+            await self._reaper.submit_txn(rels, asyncio.get_running_loop())
         return result
 
     def _remove_all(self, rels: list[str]) -> None:
         for rel in rels:
             self.blobs.remove(rel)
+
+    def _run_unlinks(self, conn: None, items: list[Pending]) -> None:
+        """Reaper thread: the unlinks of every ``_write`` pending, settled together."""
+        for p in items:
+            try:
+                self._remove_all(p.payload)
+            except BaseException as exc:
+                p.error = exc
 
     def _run_txns(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
         """Writer thread: every pending ``_write`` job in ONE transaction, each inside its
@@ -290,20 +302,26 @@ class SQLiteStore:
                 p.result = (p.result, rels)       # _write unlinks them off this thread
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._reader is None or self._read_conn is None:
+        if self._reader is None:
             raise StoreError("store is not open")
-        conn = self._read_conn
+        return await self._reader.submit_txn(fn, asyncio.get_running_loop())
 
-        def job() -> Any:
+    @staticmethod
+    def _run_reads(conn: sqlite3.Connection, items: list[Pending]) -> None:
+        """Reader thread: the reads pending, each in one consistent snapshot of its own,
+        settled together (one wake-up of each waiting loop, not one per read: the queue
+        manager reads on every pass)."""
+        for p in items:
             try:
-                conn.execute("BEGIN")        # one consistent snapshot for the whole read
+                conn.execute("BEGIN")
                 try:
-                    return fn(conn)
+                    p.result = p.payload(conn)
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"database error: {exc}") from exc
-        return await asyncio.get_running_loop().run_in_executor(self._reader, job)
+                p.error = StoreError(f"database error: {exc}")
+            except BaseException as exc:
+                p.error = exc
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -327,9 +345,16 @@ class SQLiteStore:
             if self.fsync_threads > 1:
                 self._fsync_pool = ThreadPoolExecutor(self.fsync_threads,
                                                       thread_name_prefix="mailwright-fsync")
-            self._read_conn = self._connect()
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="mailwright-store-read")
-            self._reaper = ThreadPoolExecutor(1, thread_name_prefix="mailwright-store-unlink")
+            # The reader and the reaper are group committers too, for their batching: all
+            # the jobs of one event-loop pass run in one go and settle with one wake-up.
+            reader = GroupCommitter("mailwright-store-read", self._connect, _no_commits,
+                                    run_txns=self._run_reads)
+            reader.start()
+            self._reader = reader
+            reaper = GroupCommitter("mailwright-store-unlink", lambda: None, _no_commits,
+                                    close=lambda conn: None, run_txns=self._run_unlinks)
+            reaper.start()
+            self._reaper = reaper
             writer = GroupCommitter("mailwright-store-writer", self._connect,
                                     self._commit_batch, max_batch=self.max_batch,
                                     run_txns=self._run_txns)
@@ -346,13 +371,12 @@ class SQLiteStore:
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
-        for pool in (self._fsync_pool, self._reaper, self._reader):
-            if pool is not None:
-                pool.shutdown()
+        for thread in (self._reaper, self._reader):
+            if thread is not None:
+                thread.stop()
+        if self._fsync_pool is not None:
+            self._fsync_pool.shutdown()
         self._fsync_pool = self._reaper = self._reader = None
-        if self._read_conn is not None:
-            self._read_conn.close()
-            self._read_conn = None
         if self._wlock_fd >= 0:
             os.close(self._wlock_fd)
             self._wlock_fd = -1
