@@ -19,7 +19,8 @@ What it does, in one run:
    (tls = "none"), per_destination_concurrency = delivery_concurrency = 20.
    The queue is filled with the server stopped, in one process through
    Mailwright's own store API (open_store, commit_message, as
-   `mailwright sendmail` does); the clock starts when
+   `mailwright sendmail` does), after its bytecode is compiled into the bench's
+   own cache as an installed package has it; the clock starts when
    `mailwright -c CFG serve` is launched (its start-up is part of the figure).
 5. For each: messages/s until the sink has N (end to end), also from the
    first to the last message at the sink (steady state), server CPU ms per
@@ -304,14 +305,31 @@ class OutboundMailwright(MailwrightServer):
         template = self.template.read_text() if self.template else MAILWRIGHT_CONFIG
         self.config.write_text(template.format(**values))
 
+    def server_env(self) -> dict:
+        """The server's environment: bytecode in a cache of the bench's own
+        (``PYTHONPYCACHEPREFIX``), compiled by ``fill`` before the clock starts, as an
+        installed package has it (pip compiles at install). Without it, an editable
+        install run with PYTHONDONTWRITEBYTECODE=1 compiles every module from source at
+        each start (~0.15 s here), which no deployed server does."""
+        env = dict(os.environ)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(self.work.parent / "pycache")
+        return env
+
     def fill(self, messages: int, size: int, timeout: float) -> None:
         """Commit `messages` messages into the stopped server's store, in one process
-        run by Mailwright's own interpreter (this file's `_mw_fill` helper)."""
+        run by Mailwright's own interpreter (this file's `_mw_fill` helper); compile
+        Mailwright's bytecode first (``server_env``)."""
         if not self.exe.exists():
             raise BenchError(f"{self.exe} not found (run `make install` first)")
         self.configure()
+        cp = run([self.python, "-c", "import compileall, os, mailwright; "
+                  "compileall.compile_dir(os.path.dirname(mailwright.__file__), quiet=2)"],
+                 timeout=timeout, check=False, env=self.server_env())
+        if cp.returncode != 0:
+            raise BenchError(f"compiling Mailwright's bytecode failed:\n{cp.stderr[-2000:]}")
         cp = run([self.python, __file__, "_mw_fill", str(self.config), str(messages),
-                  str(size)], timeout=timeout, check=False)
+                  str(size)], timeout=timeout, check=False, env=self.server_env())
         if cp.returncode != 0:
             raise BenchError(f"filling Mailwright's queue failed (exit {cp.returncode}):\n"
                              f"{(cp.stderr or cp.stdout)[-3000:]}")
@@ -323,6 +341,7 @@ class OutboundMailwright(MailwrightServer):
             raise BenchError(f"port 127.0.0.1:{self.port} is in use")
         logf = open(self.logfile, "wb")
         self.proc = subprocess.Popen([str(self.exe), "-c", str(self.config), "serve"],
+                                     env=self.server_env(),
                                      stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, preexec_fn=self.acct.preexec,
                                      cwd=self.work)

@@ -65,7 +65,8 @@ class Sink:
                  refuse_ehlo: bool = False, rcpt_replies: dict[str, str] | None = None,
                  mail_reply: str | None = None, data_reply: str | None = None,
                  final_reply: str | None = None, drop: str = "",
-                 auth: dict[str, str] | None = None, delay: float = 0.0) -> None:
+                 auth: dict[str, str] | None = None, delay: float = 0.0,
+                 rset_reply: str | None = None) -> None:
         self.host, self.port, self.name = host, port, name
         self.starttls = starttls
         self.pipelining, self.chunking, self.smtputf8 = pipelining, chunking, smtputf8
@@ -77,6 +78,9 @@ class Sink:
         self.drop = drop
         self.auth = auth
         self.delay = delay
+        self.rset_reply = rset_reply
+        #: for each RSET: was more input already waiting (sent in the same group)?
+        self.rset_pipelined: list[bool] = []
         self.connections = 0
         self.transactions: list[Txn] = []
         self.commands: list[str] = []
@@ -247,6 +251,10 @@ class Sink:
                 else:
                     await send(f"250 2.0.0 {n} octets received")
             elif verb == "RSET":
+                self.rset_pipelined.append(bool(reader._buffer))  # noqa: SLF001 - test aid
+                if self.rset_reply:
+                    await send(self.rset_reply)
+                    continue
                 txn = None
                 await send("250 2.0.0 Ok")
             elif verb == "NOOP":

@@ -352,6 +352,52 @@ def test_dead_pooled_connection_is_replaced(tmp_path, dns, port):
     assert s.connections == 2 and len(s.transactions) == 2
 
 
+def _two_messages(tmp_path, dns, port, sink):
+    m1, p1 = make_message(tmp_path, ("a@example.test",), queue_id="M1")
+    m2, p2 = make_message(tmp_path, ("b@example.test",), queue_id="M2")
+
+    async def main():
+        await sink.start()
+        a = agent(fast_settings(port), resolver(dns))
+        [r1] = await a.deliver(m1, p1, tasks_for(m1))
+        [r2] = await a.deliver(m2, p2, tasks_for(m2))
+        stats = (a.pool.opened, a.pool.reused)
+        await stop(a, sink)
+        return r1, r2, stats
+    return run(main())
+
+
+def test_pooled_session_rset_probe_is_pipelined_with_mail(tmp_path, dns, port):
+    """RFC 2920 §3.1: the RSET checking a pooled connection opens the next group."""
+    s = Sink("127.0.0.2", port)
+    r1, r2, stats = _two_messages(tmp_path, dns, port, s)
+    assert r1.ok and r2.ok and stats == (1, 1)
+    verbs = [c.split(" ", 1)[0].split(":")[0] for c in s.commands]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
+    assert s.rset_pipelined == [True]           # MAIL was already waiting behind it
+
+
+def test_pooled_session_without_pipelining_rset_is_a_round_trip(tmp_path, dns, port):
+    s = Sink("127.0.0.2", port, pipelining=False)
+    r1, r2, stats = _two_messages(tmp_path, dns, port, s)
+    assert r1.ok and r2.ok and stats == (1, 1) and s.connections == 1
+    assert s.rset_pipelined == [False]
+    assert len(s.transactions) == 2
+
+
+def test_refused_rset_probe_reconnects_and_delivers_once(tmp_path, dns, port):
+    """A pooled connection whose pipelined RSET is refused is closed before any body is
+    sent (the pipelined DATA's 354 is never answered with content); the message goes
+    over a new connection, exactly once."""
+    s = Sink("127.0.0.2", port, rset_reply="502 5.5.2 RSET not here")
+    r1, r2, stats = _two_messages(tmp_path, dns, port, s)
+    assert r1.ok and r2.ok, (r1, r2)
+    assert s.connections == 2 and stats == (2, 1)
+    assert [t.connection for t in s.transactions] == [1, 2]
+    assert [t.rcpts for t in s.transactions] == [["RCPT TO:<a@example.test>"],
+                                                 ["RCPT TO:<b@example.test>"]]
+
+
 def test_per_destination_concurrency_limit(tmp_path, dns, port):
     s = Sink("127.0.0.2", port, delay=0.2)
     msgs = [make_message(tmp_path, ("a@example.test",), queue_id=f"C{i}") for i in range(6)]

@@ -130,6 +130,29 @@ def test_pipelined_group_is_one_write():
     assert ev.command is Command.END_OF_DATA and ev.ok and c.state is ClientState.READY
 
 
+def test_rset_may_open_a_pipelined_group():
+    """RFC 2920 §3.1: RSET, MAIL, RCPT and DATA in one group; the RSET's 250 arriving
+    after MAIL was sent must not undo the transaction state."""
+    c = ready(("PIPELINING",))
+    c.rset()
+    c.mail("a@x.test")
+    c.rcpt("b@y.test")
+    c.data()
+    assert c.data_to_send() == b"RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
+    assert c.pending_output == 0
+    c.receive_data(b"250 2.0.0 ok\r\n250 ok\r\n", 1.0)
+    evs = events(c)
+    assert [(e.command, e.reply.code) for e in evs] == [(Command.RSET, 250), (Command.MAIL, 250)]
+    assert c.state is ClientState.MAIL
+    c.receive_data(b"250 ok\r\n354 go\r\n", 1.0)
+    assert [e.command for e in events(c)] == [Command.RCPT, Command.DATA]
+    assert c.state is ClientState.DATA
+    c.send_body(b"hi\r\n")
+    assert c.pending_output == 4
+    c.send_body(b"", last=True)
+    assert c.data_to_send() == b"hi\r\n.\r\n"
+
+
 def test_without_pipelining_one_command_at_a_time():
     c = ready(("SIZE 1000",))
     c.mail("a@x.test")

@@ -9,7 +9,8 @@ How:
   signature aligns for DMARC (RFC 7489 §3.1.1). Every active key of that domain signs: an
   RSA-2048 and an Ed25519 signature when both exist (RFC 8463 §6 recommends both while
   verifiers catch up). Signing is in-process with the ``cryptography`` package
-  (mailauth/dkim.py). Mail whose From domain has no key leaves unsigned.
+  (mailauth/dkim.py). Mail whose From domain has no key leaves unsigned; when no active
+  key exists at all (and no ARC seal is due) the message is not even read.
 * ARC (RFC 8617 §5.1): a message that arrived from outside (no authenticated user) and is
   being forwarded to an external address because an alias expanded to it (the recipient
   carries an ORCPT that differs from it) gets one ARC set sealed by the primary domain's
@@ -68,7 +69,8 @@ class OutboundSigner:
         self._keys: dict[str, list[SigningKey]] = {}
         self._loaded_at = float("-inf")
 
-    async def _active_keys(self, domain: str) -> list[SigningKey]:
+    async def _all_keys(self) -> dict[str, list[SigningKey]]:
+        """Active keys by domain, from the store at most every ``KEY_CACHE_SECONDS``."""
         now = time.monotonic()
         if now - self._loaded_at > KEY_CACHE_SECONDS:
             keys: dict[str, list[SigningKey]] = {}
@@ -77,7 +79,7 @@ class OutboundSigner:
                     keys.setdefault(k.domain, []).append(SigningKey(
                         k.domain, k.selector, k.algorithm, k.private_key.encode("ascii")))
             self._keys, self._loaded_at = keys, now
-        return self._keys.get(domain, [])
+        return self._keys
 
     async def __call__(self, message: QueuedMessage, body_path: str) -> bytes:
         try:
@@ -91,6 +93,13 @@ class OutboundSigner:
         seal = s.arc_seal and self._forwarded(message)
         if not (s.dkim_sign or seal):
             return b""
+        keys = await self._all_keys()
+        seal_key = None
+        if seal:
+            seal_key = next((k for k in keys.get(self.primary_domain, ())
+                             if k.algorithm == "rsa-sha256"), None)
+        if seal_key is None and not (s.dkim_sign and keys):
+            return b""      # no key could sign or seal: the message is not even read
         size = message.envelope.size
         if size <= INLINE_MAX:
             with open(body_path, "rb") as f:
@@ -99,16 +108,13 @@ class OutboundSigner:
             body = await asyncio.to_thread(_read, body_path)
         section = _header_section(body)
         out = b""
-        if seal:
-            keys = [k for k in await self._active_keys(self.primary_domain)
-                    if k.algorithm == "rsa-sha256"]
-            if keys:
-                out += await self._run(size, self._seal, body, section, keys[0])
-        if s.dkim_sign:
+        if seal_key is not None:
+            out += await self._run(size, self._seal, body, section, seal_key)
+        if s.dkim_sign and keys:
             domain = from_domain(section)
-            keys = await self._active_keys(domain) if domain else []
-            if keys:
-                out += await self._run(size, sign_message, out + body, keys,
+            signing = keys.get(domain, []) if domain else []
+            if signing:
+                out += await self._run(size, sign_message, out + body, signing,
                                        now=self.clock())
         return out
 

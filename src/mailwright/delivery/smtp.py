@@ -14,9 +14,11 @@ How, per destination (RFC 5321 §5.1):
    ``550 5.1.2``; null MX (RFC 7505 §4.2) = permanent ``556 5.1.10``; a DNS timeout or
    SERVFAIL = temporary ``451 4.4.3``.  An address-literal domain ("[192.0.2.1]") is used
    directly.
-2. Each next-hop address in turn (at most ``MAX_ADDRESSES``): a pooled session (after RSET)
-   or a new one (net.outbound.open_session: greeting, EHLO, STARTTLS per the route's TLS
-   policy, AUTH).  A connection failure, a greeting/EHLO refusal, a TLS-policy failure
+2. Each next-hop address in turn (at most ``MAX_ADDRESSES``): a pooled session (checked
+   by RSET, pipelined with the MAIL when the server offers PIPELINING; if the pooled
+   connection fails that check, a new connection to the same address) or a new one
+   (net.outbound.open_session: greeting, EHLO, STARTTLS per the route's TLS policy, AUTH).
+   A connection failure, a greeting/EHLO refusal, a TLS-policy failure
    or a session that breaks before MAIL is answered moves on to the next address; an
    opportunistic TLS handshake failure first retries the same address without TLS.
    When no address works the result is temporary if any attempt failed temporarily
@@ -178,6 +180,8 @@ class SmtpAgent:
             rcpt=settings.rcpt_timeout, data_init=settings.data_init_timeout,
             data_block=settings.data_block_timeout, data_done=settings.data_done_timeout)
         self.rng = rng or random.SystemRandom()
+        # destination -> (route, TLS policy, fixed next hop): the settings are immutable
+        self._dest_cache: dict[str, tuple[OutboundRoute | None, TlsPolicy, NextHop | None]] = {}
 
     async def close(self) -> None:
         """QUIT pooled connections (at shutdown)."""
@@ -191,9 +195,13 @@ class SmtpAgent:
             dest = (task.route.next_hop or _domain_of(task.route.address)).lower().rstrip(".")
             groups[dest].append(task)
         added = await self.signer(message, body_path) if self.signer is not None else b""
-        outcomes = await asyncio.gather(
-            *(self._guarded(message, body_path, dest, group, added)
-              for dest, group in groups.items()))
+        if len(groups) == 1:                 # the usual case: no task per destination
+            [(dest, group)] = groups.items()
+            outcomes = [await self._guarded(message, body_path, dest, group, added)]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._guarded(message, body_path, dest, group, added)
+                  for dest, group in groups.items()))
         by_id = {r.recipient_id: r for results in outcomes for r in results}
         return [by_id[t.recipient.id] for t in tasks]
 
@@ -216,21 +224,18 @@ class SmtpAgent:
     async def _deliver_destination(self, message: QueuedMessage, body_path: str, dest: str,
                                    tasks: list[DeliveryTask], added: bytes = b""
                                    ) -> list[DeliveryResult]:
-        route = self.settings.route_for(dest)
-        policy = TlsPolicy(mode=route.tls if route else "opportunistic",
-                           verify=bool(route and route.tls_verify),
-                           ca_file=route.tls_ca_file if route else "")
-        creds = await self._credentials(route)
+        route, policy, fixed_hop = self._destination(dest)
+        creds = await self._credentials(route) if route is not None else None
         needs_utf8 = _needs_smtputf8(message, tasks)
         try:
-            size = os.stat(body_path).st_size
+            size, data = _read_small(body_path)
         except OSError as exc:
             log.error("%s: body %s unreadable: %s", message.queue_id, body_path, exc)
             raise _Fail(LOCAL_ERROR_REPLY, False) from None
 
         failures: list[tuple[_Fail, int]] = []     # (failure, 1 if a server got involved)
         tried = 0
-        async for hop in self._hops(dest, route):
+        async for hop in self._hops(dest, fixed_hop):
             if isinstance(hop, _Fail):
                 failures.append((hop, 0))
                 continue
@@ -238,29 +243,62 @@ class SmtpAgent:
                 break
             tried += 1
             key: PoolKey = (hop.ip, hop.port, policy.mode, creds.user if creds else "")
-            try:
-                session = await self._session(key, hop, policy, creds)
-            except SessionError as exc:
-                log.info("%s: %s[%s]:%d: %s", message.queue_id, hop.host or hop.ip, hop.ip,
-                         hop.port, exc)
-                failures.append((_Fail(exc.reply, exc.permanent and exc.remote,
-                                       f"{hop.host or hop.ip}[{hop.ip}]" if exc.remote else ""),
-                                 0 if exc.stage == "connect" else 1))
-                continue
-            try:
-                results = await self._transaction(message, body_path, size, needs_utf8,
-                                                  session, tasks, added)
-            finally:
-                self.pool.release(key, session)
-            if results is not None:
-                return results
-            failures.append((_Fail(Reply(451, "4.4.2", "Connection lost before MAIL was "
-                                         "answered"), False, session.describe()), 1))
+            for fresh in (False, True):
+                try:
+                    session = await self._session(key, hop, policy, creds, fresh=fresh)
+                except SessionError as exc:
+                    log.info("%s: %s[%s]:%d: %s", message.queue_id, hop.host or hop.ip,
+                             hop.ip, hop.port, exc)
+                    failures.append((_Fail(exc.reply, exc.permanent and exc.remote,
+                                           f"{hop.host or hop.ip}[{hop.ip}]"
+                                           if exc.remote else ""),
+                                     0 if exc.stage == "connect" else 1))
+                    break
+                probed = session.rset_due      # a pooled session, RSET pipelined with MAIL
+                try:
+                    results = await self._transaction(message, body_path, size, needs_utf8,
+                                                      session, tasks, added, data)
+                finally:
+                    self.pool.release(key, session)
+                if results is not None:
+                    return results
+                if not probed:
+                    failures.append((_Fail(Reply(451, "4.4.2", "Connection lost before MAIL "
+                                                 "was answered"), False, session.describe()),
+                                     1))
+                    break
+                # The pooled connection failed its RSET probe (closed meanwhile, or the
+                # server refused it): nothing was delivered; try a new connection.
+                log.info("%s: pooled connection to %s failed before MAIL was answered; "
+                         "reconnecting", message.queue_id, session.peer)
         raise _final_failure(failures)
 
+    def _destination(self, dest: str
+                     ) -> tuple[OutboundRoute | None, TlsPolicy, NextHop | None]:
+        """The route, TLS policy and fixed next hop of ``dest`` (cached: they depend only
+        on the settings)."""
+        cached = self._dest_cache.get(dest)
+        if cached is None:
+            route = self.settings.route_for(dest)
+            policy = TlsPolicy(mode=route.tls if route else "opportunistic",
+                               verify=bool(route and route.tls_verify),
+                               ca_file=route.tls_ca_file if route else "")
+            hop = route.hop if route else None
+            if hop is None and dest.startswith("["):
+                try:
+                    hop = parse_next_hop(dest)
+                except ValueError:
+                    raise _Fail(NXDOMAIN_REPLY, True) from None
+            cached = (route, policy, hop)
+            if len(self._dest_cache) >= 10_000:       # bound it (MX destinations vary)
+                self._dest_cache.clear()
+            self._dest_cache[dest] = cached
+        return cached
+
     async def _session(self, key: PoolKey, hop: _Hop, policy: TlsPolicy,
-                       creds: Credentials | None) -> ClientSession:
-        session = await self.pool.acquire(key)
+                       creds: Credentials | None, fresh: bool = False) -> ClientSession:
+        """A pooled session for ``key`` (unless ``fresh``), else a new one."""
+        session = None if fresh else await self.pool.acquire(key)
         if session is not None:
             return session
         try:
@@ -289,16 +327,11 @@ class SmtpAgent:
         return Credentials(route.auth_user, text)
 
     # ------------------------------------------------------------------ next hops
-    async def _hops(self, dest: str, route: OutboundRoute | None
+    async def _hops(self, dest: str, hop: NextHop | None
                     ) -> AsyncIterator[_Hop | _Fail]:
-        """Addresses to try, in order; a _Fail item records why a host gave none."""
+        """Addresses to try, in order; a _Fail item records why a host gave none.
+        ``hop``: the route's fixed next hop, or ``dest`` itself when it is a literal."""
         port = self.settings.port
-        hop: NextHop | None = route.hop if route else None
-        if hop is None and dest.startswith("["):
-            try:
-                hop = parse_next_hop(dest)
-            except ValueError:
-                raise _Fail(NXDOMAIN_REPLY, True) from None
         if hop is not None:
             if hop.literal:
                 yield _Hop("", hop.host, hop.port or port)
@@ -364,8 +397,8 @@ class SmtpAgent:
     # ------------------------------------------------------------------ the transaction
     async def _transaction(self, message: QueuedMessage, body_path: str, size: int,
                            needs_utf8: bool, session: ClientSession,
-                           tasks: list[DeliveryTask], added: bytes = b""
-                           ) -> list[DeliveryResult] | None:
+                           tasks: list[DeliveryTask], added: bytes = b"",
+                           data: bytes | None = None) -> list[DeliveryResult] | None:
         """Results, or None when the session broke before MAIL was answered (try the
         next address)."""
         caps = session.core.capabilities
@@ -408,7 +441,7 @@ class SmtpAgent:
             rcpts.append((task.route.address, params))
         sender = self.sender_rewriter(env.sender) if self.sender_rewriter else env.sender
         outcome = await session.send_message(
-            sender, mail_params, rcpts, _read_body(body_path, trace),
+            sender, mail_params, rcpts, _read_body(body_path, trace, data),
             use_bdat=caps.has("CHUNKING"))
         if outcome.mail is None:
             return None
@@ -471,14 +504,34 @@ def _read_first_line(path: str) -> str:
         return f.readline().rstrip("\r\n")
 
 
-async def _read_body(path: str, prefix: bytes = b"") -> AsyncIterator[bytes]:
-    """The stored body, after ``prefix``. A small body (most mail) is one read from the page
-    cache, cheaper inline than two hand-offs to a thread; large ones stream from a thread."""
+def _read_small(path: str) -> tuple[int, bytes | None]:
+    """(size, content) of the stored body; content None when it is larger than
+    ``INLINE_READ_MAX`` (then it is streamed by ``_read_body``). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > INLINE_READ_MAX:
+            return size, None
+        data = os.read(fd, size + 1)     # a short read of a regular file is its end
+        if len(data) > size:              # it grew meanwhile (never, for a queue file)
+            parts = [data]
+            while chunk := os.read(fd, 65536):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return len(data), data
+    finally:
+        os.close(fd)
+
+
+async def _read_body(path: str, prefix: bytes = b"", data: bytes | None = None
+                     ) -> AsyncIterator[bytes]:
+    """The stored body, after ``prefix``. A small body (most mail) was already read in
+    one call from the page cache (``data``, see ``_read_small``), cheaper inline than
+    hand-offs to a thread; large ones stream from a thread."""
     if prefix:
         yield prefix
-    if os.path.getsize(path) <= INLINE_READ_MAX:
-        with open(path, "rb") as f:
-            yield f.read()
+    if data is not None:
+        yield data
         return
     f = await asyncio.to_thread(open, path, "rb")
     try:

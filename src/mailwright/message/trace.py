@@ -29,10 +29,10 @@ Invariants:
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from datetime import datetime, timezone
-from email.utils import format_datetime
+import time
 
 from ..queue.model import Envelope
 
@@ -67,6 +67,7 @@ def sanitize_address(value: str) -> str:
     return re.sub(r"[\x00-\x20\x7f<>]", "", value)[:_MAX_TOKEN * 4]
 
 
+@functools.lru_cache(maxsize=4096)     # pure; a few client addresses recur a lot
 def address_literal(ip: str) -> str:
     """RFC 5321 §4.1.3 address literal: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``.
     An unparseable value is sanitised and bracketed as is."""
@@ -81,9 +82,17 @@ def address_literal(ip: str) -> str:
     return f"[{addr}]"
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def rfc5322_date(timestamp: float) -> str:
-    """RFC 5322 §3.3 date-time in UTC, e.g. ``Mon, 02 Jan 2006 15:04:05 +0000``."""
-    return format_datetime(datetime.fromtimestamp(int(timestamp), timezone.utc))
+    """RFC 5322 §3.3 date-time in UTC, e.g. ``Mon, 02 Jan 2006 15:04:05 +0000`` (what
+    ``email.utils.format_datetime`` gives for a UTC datetime, at a fraction of the cost:
+    it is written once per delivery)."""
+    t = time.gmtime(int(timestamp))
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
 
 
 def fold(name: str, groups: list[list[str]], limit: int = LINE_LIMIT) -> str:

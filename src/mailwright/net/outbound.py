@@ -9,16 +9,21 @@ What:
 * ``open_session(...)`` sets a session up per policy and raises ``SessionError`` (reply,
   permanent?, stage) when it cannot be used.
 * ``ConnectionPool`` keeps idle sessions keyed by (address, port, TLS policy, AUTH user) so
-  the next message to the same destination reuses one (RSET first: a dead or confused
-  connection is closed and a new one opened), up to ``max_messages`` per connection, each
-  idle at most ``idle_timeout`` seconds.
+  the next message to the same destination reuses one, up to ``max_messages`` per
+  connection, each idle at most ``idle_timeout`` seconds. A reused session is checked with
+  RSET (RFC 5321 §4.1.1.5), as Postfix checks its cached sessions: with PIPELINING the RSET
+  opens the next transaction's command group (RFC 2920 §3.1) instead of costing a round
+  trip, and a refusal or a dead connection ends that session before any body is sent (the
+  SMTP agent then opens a new one); without PIPELINING it is a round trip in ``acquire``.
 * ``DestinationLimiter`` bounds concurrent deliveries per destination domain.
 
 How: an ``asyncio.Protocol`` feeds every received byte straight into the core (no stream
-buffer in between), so after a 220 to STARTTLS nothing read in plaintext can survive into
-the TLS session: the core discards it (response injection, the client side of
+buffer in between) and resolves the one future a waiting ``_next_event`` holds, so after
+a 220 to STARTTLS nothing read in plaintext can survive into the TLS session: the core
+discards it (response injection, the client side of
 CVE-2011-0411) and ``loop.start_tls`` wraps the same protocol.  After the handshake EHLO is
-sent again and only its answer counts (RFC 3207 §4.2).
+sent again and only its answer counts (RFC 3207 §4.2).  Writes are few: a pipelined
+command group is one write, a small body with its final dot another.
 
 Timeouts (RFC 5321 §4.5.3.2): each outstanding command has the deadline the core computes
 from ``ClientConfig.timeouts`` (greeting 5 min, MAIL 5 min, RCPT 5 min, DATA 2 min, final
@@ -39,7 +44,6 @@ whose core is not in the READY state after a transaction is never pooled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -200,13 +204,16 @@ class ClientSession:
         self.core = ClientConnection(
             ClientConfig(helo_name, timeouts.per_command()), self.loop.time())
         self._transport: asyncio.Transport | None = None
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future | None = None    # _next_event waiting for input
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._lost = False
         self.tls = ""                     # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
         self.messages = 0                 # transactions completed on this connection
         self.idle_since = 0.0
+        #: a reused session's RSET probe goes in front of the next MAIL, in the same
+        #: pipelined group (set by ConnectionPool.acquire, only with PIPELINING)
+        self.rset_due = False
 
     # ------------------------------------------------------------ description
 
@@ -263,17 +270,23 @@ class ClientSession:
 
     def _on_data(self, data: bytes) -> None:
         self.core.receive_data(data, self.loop.time())
-        self._wakeup.set()
+        self._wake()
 
     def _on_eof(self) -> None:
         self.core.eof_received()
-        self._wakeup.set()
+        self._wake()
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.core.eof_received()
-        self._wakeup.set()
+        self._wake()
         self._can_write.set()
+
+    def _wake(self, timed_out: bool = False) -> None:
+        """Resume ``_next_event`` (input arrived, or its deadline passed)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(timed_out)
 
     # ------------------------------------------------------------ I/O plumbing
 
@@ -294,29 +307,33 @@ class ClientSession:
             raise _local(451, "4.4.2", f"Connection to {self.peer} lost", stage)
 
     async def _next_event(self):
-        """The next core event, reading (under the core's deadline) as needed."""
+        """The next core event, reading (under the core's deadline) as needed.
+
+        Waiting is one future per wait, resolved by the protocol callbacks or by a timer at
+        the core's deadline (cheaper than ``wait_for`` around an Event: no extra task)."""
         core = self.core
+        loop = self.loop
         while True:
             self._flush()
             ev = core.next_event()
             if ev is not NEED_DATA:
                 return ev
-            deadline = core.get_timer()
-            self._wakeup.clear()
-            ev = core.next_event()           # data may have arrived while flushing
-            if ev is not NEED_DATA:
-                return ev
             if self._lost:
                 core.eof_received()
                 continue
+            deadline = core.get_timer()
             if deadline is None:
                 core.abort("waiting with no command outstanding")
                 continue
-            timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, self._wake, True)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                core.handle_timer(self.loop.time())
+                timed_out = await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if timed_out:
+                core.handle_timer(loop.time())
 
     async def _next_reply(self, stage: str) -> ServerReply:
         return self._as_reply(await self._next_event(), stage)
@@ -471,6 +488,13 @@ class ClientSession:
         core = self.core
         try:
             pipelining = core.pipelining
+            probe = self.rset_due and pipelining
+            self.rset_due = False
+            if probe:
+                # RFC 2920 §3.1: RSET may open a group. It checks a pooled connection
+                # (RFC 5321 §4.1.1.5) without a round trip of its own; a refusal or a dead
+                # connection ends the session before any body is sent.
+                core.rset(now=self.loop.time())
             core.mail(sender, list(mail_params), now=self.loop.time())
             if pipelining:
                 for addr, params in rcpts:
@@ -478,6 +502,10 @@ class ClientSession:
                 if not use_bdat:
                     core.data(now=self.loop.time())
                 self._flush()
+                if probe:
+                    ev = await self._next_reply("RSET")
+                    if not ev.ok:
+                        raise _remote(ev.reply, "RSET")
                 out.mail = (await self._next_reply("MAIL")).reply
                 for i in range(len(rcpts)):
                     out.rcpts[i] = (await self._next_reply("RCPT")).reply
@@ -522,11 +550,15 @@ class ClientSession:
         return out
 
     async def _send_data(self, body: AsyncIterator[bytes]) -> Reply:
+        """The body after the 354.  Encoded chunks collect in the core until
+        ``BODY_CHUNK`` octets are waiting, so a small message (most mail) leaves in one
+        write together with its final dot."""
         core = self.core
         async for chunk in body:
             core.send_body(chunk, now=self.loop.time())
-            self._flush()
-            await self._drain("DATA")
+            if core.pending_output >= BODY_CHUNK:
+                self._flush()
+                await self._drain("DATA")
         core.send_body(b"", last=True, now=self.loop.time())
         self._flush()
         await self._drain("DATA")
@@ -600,12 +632,19 @@ class ConnectionPool:
         return sum(len(v) for v in self._idle.values())
 
     async def acquire(self, key: PoolKey) -> ClientSession | None:
+        """An idle session, checked with RSET: with PIPELINING the RSET travels in the
+        next transaction's first group (``rset_due``; the agent reconnects when it fails),
+        else it is a round trip here."""
         entries = self._idle.get(key)
         while entries:
             session, timer = entries.pop()
             timer.cancel()
             if not entries:
                 self._idle.pop(key, None)
+            if session.usable and session.core.pipelining and not session.core.outstanding:
+                session.rset_due = True
+                self.reused += 1
+                return session
             if await session.rset():
                 self.reused += 1
                 return session
@@ -655,23 +694,47 @@ class DestinationLimiter:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._sems: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        self._sems: dict[str, list] = {}        # destination -> [semaphore, users]
         self.peak: dict[str, int] = {}          # highest concurrency seen, for tests
 
-    @contextlib.asynccontextmanager
-    async def hold(self, destination: str) -> AsyncIterator[None]:
-        sem, users = self._sems.get(destination, (None, 0))
-        if sem is None:
-            sem = asyncio.Semaphore(self.limit)
-        self._sems[destination] = (sem, users + 1)
+    def hold(self, destination: str) -> "_Hold":
+        """``async with limiter.hold(destination):`` (a plain class, not a generator
+        context manager: this runs once per delivery)."""
+        return _Hold(self, destination)
+
+
+class _Hold:
+    __slots__ = ("limiter", "destination", "entry")
+
+    def __init__(self, limiter: DestinationLimiter, destination: str) -> None:
+        self.limiter = limiter
+        self.destination = destination
+        self.entry: list | None = None
+
+    async def __aenter__(self) -> None:
+        lim = self.limiter
+        entry = lim._sems.get(self.destination)
+        if entry is None:
+            entry = lim._sems[self.destination] = [asyncio.Semaphore(lim.limit), 0]
+        entry[1] += 1
+        self.entry = entry
         try:
-            async with sem:
-                active = self.limit - sem._value  # noqa: SLF001 - statistics only
-                self.peak[destination] = max(self.peak.get(destination, 0), active)
-                yield
-        finally:
-            sem, users = self._sems[destination]
-            if users <= 1:
-                del self._sems[destination]
-            else:
-                self._sems[destination] = (sem, users - 1)
+            await entry[0].acquire()
+        except BaseException:
+            self._leave()
+            raise
+        active = lim.limit - entry[0]._value  # noqa: SLF001 - statistics only
+        if active > lim.peak.get(self.destination, 0):
+            lim.peak[self.destination] = active
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.entry is not None
+        self.entry[0].release()
+        self._leave()
+
+    def _leave(self) -> None:
+        entry = self.entry
+        assert entry is not None
+        entry[1] -= 1
+        if entry[1] <= 0 and self.limiter._sems.get(self.destination) is entry:
+            del self.limiter._sems[self.destination]

@@ -350,11 +350,15 @@ class BodyEncoder:
     def _encode(self, data: bytes) -> bytes:
         if not data:
             return b""
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        data = data.replace(b"\n", b"\r\n")
+        crlf = data.count(b"\r\n")
+        if crlf != data.count(b"\n") or crlf != data.count(b"\r"):
+            # some bare CR or LF (the common all-CRLF case skips these copies)
+            if b"\r" in data:
+                data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            data = data.replace(b"\n", b"\r\n")
         if self.dot_stuff:
-            data = data.replace(b"\r\n.", b"\r\n..")
+            if b"\n." in data:
+                data = data.replace(b"\r\n.", b"\r\n..")
             if self._at_line_start and data.startswith(b"."):
                 data = b"." + data
         self._at_line_start = data.endswith(b"\r\n")
@@ -422,6 +426,11 @@ class ClientConnection:
     @property
     def pipelining(self) -> bool:
         return self.capabilities.has("PIPELINING")
+
+    @property
+    def pending_output(self) -> int:
+        """Octets queued for ``data_to_send()``."""
+        return len(self._out)
 
     @property
     def outstanding(self) -> int:
@@ -498,6 +507,9 @@ class ClientConnection:
                                  else Capabilities(False, {}, ""))
         if head.command is Command.MAIL and self._state is not ClientState.MAIL:
             to = None                              # a pipelined later state already applies
+        if head.command is Command.RSET and self._pending:
+            to = None                              # RSET opened a group (RFC 2920 §3.1): the
+                                                   # later commands' state stands
         if to is not None:
             self._state = to
         if head.command is Command.STARTTLS and event.ok:
