@@ -17,7 +17,8 @@ the manager's next idle pass.
 
 Start-up order: data directory, TLS material (self-signed on first start), store migration
 and crash recovery (half-written bodies removed, committed messages resume), local domains
-and the postmaster mailbox seeded, then listeners.
+and the postmaster mailbox seeded, then the queue manager (queued mail starts leaving at
+once), then the policy checks and the listeners.
 """
 from __future__ import annotations
 
@@ -194,9 +195,17 @@ class Worker:
         metrics = MetricsRuntime(settings, primary=self.primary, slot=self.slot)
         resolver.on_lookup = metrics.mail.dns_lookup
         manager = None
+        intake: IntakeServer | None = None
+        tasks = []
         if self.primary:
-            manager = self._queue_manager(store, lambda: intake.directory, resolver,
-                                          metrics=metrics.mail)
+            # The router reads the live directory that intake keeps fresh (the snapshot
+            # until intake exists). The manager starts delivering now, before the slower
+            # set-up below (policy checks, listeners): queued mail need not wait for it.
+            manager = self._queue_manager(
+                store, lambda: intake.directory if intake is not None else directory,
+                resolver, metrics=metrics.mail)
+            tasks.append(loop.create_task(manager.run()))
+            await asyncio.sleep(0)          # let it submit its first claim
         policy = build_checks(settings, resolver=resolver, store=store,
                               hostname=settings.hostname)
         intake = IntakeServer(hostname=settings.hostname, store=store, directory=directory,
@@ -213,10 +222,8 @@ class Worker:
         accepting = not self.primary or settings.effective_workers <= 1
         await metrics.start(store)          # before intake: scrapable once mail is served
         await intake.start(self.sockets if accepting else [])
-        tasks = []
         wake_sock = None
         if manager is not None:
-            tasks.append(loop.create_task(manager.run()))
             if self.wake_fd is not None:
                 loop.add_reader(self.wake_fd, self._drain, manager)
             wake_sock = _bind_wake_socket(wake_socket_path(settings))
@@ -308,6 +315,10 @@ class Worker:
                             owner=f"{getattr(store, 'node', None) or socket.gethostname()}"
                                   f":{os.getpid()}",
                             concurrency=s.queue.delivery_concurrency,
+                            # messages in flight (claimed, delivering or recording): enough
+                            # that a slow commit (an fsync) never leaves a connection idle
+                            # (Postfix's qmgr keeps up to 20,000 in its active queue)
+                            batch=max(50, min(1000, 4 * s.queue.delivery_concurrency)),
                             lease_seconds=s.queue.lease_seconds, hostname=s.hostname,
                             delay_warning_after=float(s.queue.delay_warning_after),
                             dsn_max_original_size=s.queue.dsn_max_original_size,
@@ -315,7 +326,7 @@ class Worker:
 
     def _on_commit(self, manager):
         if manager is not None:
-            return lambda queue_id: manager.wake()
+            return lambda queue_id: manager.wake(dsns=False)   # new mail owes no DSN
         fd = self.wake_fd
         if fd is None:
             return None
@@ -347,7 +358,7 @@ class Worker:
                 pass
         except BlockingIOError:
             pass
-        manager.wake()
+        manager.wake(dsns=False)        # intake workers' commits: new mail owes no DSN
 
     async def _heartbeat(self, store, manager) -> None:
         from . import __version__

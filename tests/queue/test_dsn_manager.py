@@ -395,3 +395,45 @@ async def test_two_managers_send_each_dsn_once(env):
     assert sum(counts) == 5
     assert len(await env.dsn_messages()) == 5
     assert await env.store.pending_dsns() == []
+
+
+@run
+async def test_run_loop_reads_pending_dsns_only_when_one_may_be_owed(env):
+    """The DSN step of ``run`` costs a store read on every pass otherwise: it looks only
+    after results that owe a DSN, after a wake that may have set flags, and when its
+    periodic scan is due; a wake for new mail (intake) does not make it look."""
+    reads = []
+    real = env.store.pending_dsns
+
+    async def counted(limit=100):
+        reads.append(limit)
+        return await real(limit)
+    env.store.pending_dsns = counted
+    m = env.manager(idle_interval=0.05)
+    task = asyncio.get_running_loop().create_task(m.run())
+    try:
+        await asyncio.sleep(0.2)
+        first = len(reads)
+        assert first >= 1                        # the first pass scans once
+        for _ in range(5):                       # new mail: delivered, no DSN owed
+            await env.commit("carol@example.org")
+            m.wake(dsns=False)
+            await asyncio.sleep(0.05)
+        assert len(env.delivered("carol@example.org")) == 5
+        assert len(reads) == first               # no scan for mail that owes nothing
+        env.router.overrides["bob@example.org"] = Route("reject", "bob@example.org")
+        await env.commit("bob@example.org")      # fails: owes a DSN
+        m.wake(dsns=False)
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if env.delivered("alice@example.org"):
+                break
+        assert len(env.delivered("alice@example.org")) == 1      # the bounce, promptly
+        assert len(reads) > first
+        before = len(reads)
+        m.wake()                                 # an operator's wake: look again
+        await asyncio.sleep(0.1)
+        assert len(reads) == before + 1
+    finally:
+        m.stop()
+        await asyncio.wait_for(task, 5)

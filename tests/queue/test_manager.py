@@ -298,6 +298,37 @@ async def test_concurrency_is_bounded(env):
         assert (await env.states(qid))["bob@example.org"][0] is RecipientState.DELIVERED
 
 
+class CountingAgent(SlowAgent):
+    def __init__(self, delay):
+        super().__init__(delay)
+        self.calls: dict[str, int] = {}
+
+    async def deliver(self, message, body_path, tasks):
+        self.calls[message.queue_id] = self.calls.get(message.queue_id, 0) + 1
+        return await super().deliver(message, body_path, tasks)
+
+
+@run
+async def test_message_whose_lease_ran_out_while_waiting_is_not_delivered_twice(env):
+    """Claimed messages wait for a delivery slot; if a lease runs out meanwhile the next
+    claim takes the message again, and the manager must not start a second delivery."""
+    agent = CountingAgent(0.4)
+    env.agents["maildir"] = agent
+    qids = [await env.commit("bob@example.org", received_at=time.time()) for _ in range(3)]
+    m = env.manager(clock=time.time, concurrency=1, batch=4, lease_seconds=0.3,
+                    delivery_timeout=5, idle_interval=0.05)
+    task = asyncio.create_task(m.run())
+    for _ in range(300):
+        states = [(await env.states(q))["bob@example.org"][0] for q in qids]
+        if all(st is RecipientState.DELIVERED for st in states):
+            break
+        await asyncio.sleep(0.01)
+    m.stop()
+    await asyncio.wait_for(task, 5)
+    assert agent.calls == {q: 1 for q in qids}
+    assert agent.peak == 1
+
+
 @run
 async def test_run_loop_wakes_on_commit_and_stops(env):
     m = env.manager(idle_interval=30)       # without wake() it would sleep 30 s

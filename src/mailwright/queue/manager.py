@@ -61,6 +61,8 @@ Invariants (GUIDE ideas 4 and 6):
 * Every claimed recipient gets exactly one result per pass: an agent that raises, times
   out, or omits a recipient yields a temporary failure for it; mail is retried, never lost.
 * The loop never dies of a delivery or store error: it logs, backs off, continues.
+* One delivery at a time per message in a process: a message a claim returns while it is
+  still being delivered here (its lease ran out while it waited for a slot) is skipped.
 * Results are recorded before the lease can expire: ``delivery_timeout`` defaults to
   80 % of ``lease_seconds``. Should an abandoned agent still finish after the timeout
   (a thread cannot be cancelled), agents are idempotent per (queue id, recipient id),
@@ -91,6 +93,7 @@ log = logging.getLogger(__name__)
 REJECT = "reject"
 DEFER = "defer"
 
+DSN_SCAN_INTERVAL = 10.0   # seconds between DSN scans when nothing here flagged one
 NO_ROUTE_REPLY = "451 4.4.0 No route to recipient"
 REJECT_REPLY = "550 5.1.1 Mailbox unavailable"
 DEFER_REPLY = "451 4.4.0 Delivery deferred by routing"
@@ -144,14 +147,24 @@ class QueueManager:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
+        # The DSN step reads the store only when a DSN may be owed: after results that
+        # owe one, after a wake that may have set flags (operator commands), when the
+        # last scan left work, and every DSN_SCAN_INTERVAL seconds for flags set
+        # elsewhere (another node, a process that did not wake us).
+        self._dsn_scan_due = True
+        self._next_dsn_scan = 0.0
         self.metrics = metrics if metrics is not None else MailMetrics()
         self._transports: dict[str, dict[int, str]] = {}   # queue id -> rcpt id -> transport
         self.leased: set[str] = set()       # queue ids being delivered (leases to renew)
         self.lease_renewals = 0             # leases extended so far (tests, heartbeat info)
 
     # ------------------------------------------------------------------ control
-    def wake(self) -> None:
-        """Ask for a pass now (called by intake after a commit). Safe to call any time."""
+    def wake(self, dsns: bool = True) -> None:
+        """Ask for a pass now. Safe to call any time. Intake passes ``dsns=False`` after
+        a commit (new mail owes no DSN yet); other callers (operator commands that bounce
+        or expire) may have flagged DSNs, so the pass also looks for them."""
+        if dsns:
+            self._dsn_scan_due = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -201,14 +214,15 @@ class QueueManager:
                     await self._sleep(self.error_backoff)
                     continue
                 for message in messages:
+                    if message.queue_id in self.leased:
+                        # Still being delivered here (its lease ran out while it waited
+                        # for a slot, and this claim took it again): never a second copy.
+                        continue
                     task = asyncio.get_running_loop().create_task(self._process(message))
                     in_flight.add(task)
                     task.add_done_callback(finished)
                 claimed = len(messages)
-            try:
-                await self.send_dsns()
-            except Exception:  # flags stay set: the next pass tries again
-                log.exception("DSN step failed")
+            await self._dsns_if_due()
             if self._stopping:
                 break
             if claimed and claimed >= free:
@@ -321,11 +335,15 @@ class QueueManager:
             fetch = getattr(self.store, "fetch_body_path", None)   # cluster: no blocking read
             body_path = (await fetch(message) if fetch is not None
                          else self.store.body_path(message))
-            outcomes = await asyncio.gather(
-                *(self._call_agent(message, body_path, transport, tasks)
-                  for transport, tasks in groups.items()))
-            for group_results in outcomes:
-                results.update(group_results)
+            if len(groups) == 1:        # the usual case: no extra task per transport
+                [(transport, tasks)] = groups.items()
+                results.update(await self._call_agent(message, body_path, transport, tasks))
+            else:
+                outcomes = await asyncio.gather(
+                    *(self._call_agent(message, body_path, transport, tasks)
+                      for transport, tasks in groups.items()))
+                for group_results in outcomes:
+                    results.update(group_results)
         self._transports[message.queue_id] = {t.recipient.id: transport
                                               for transport, ts in groups.items() for t in ts}
         return [results[r.id] for r in message.recipients]
@@ -356,9 +374,10 @@ class QueueManager:
             return {t.recipient.id: self._temp(t.recipient, reply) for t in tasks}
         try:
             async with self._semaphore:
-                returned = await asyncio.wait_for(
-                    agent.deliver(message, body_path, tasks), self.delivery_timeout)
-        except asyncio.TimeoutError:
+                # asyncio.timeout (3.11) rather than wait_for: no task per delivery
+                async with asyncio.timeout(self.delivery_timeout):
+                    returned = await agent.deliver(message, body_path, tasks)
+        except TimeoutError:
             log.warning("%s: %s agent timed out", message.queue_id, transport)
             return {t.recipient.id: self._temp(t.recipient, AGENT_TIMEOUT_REPLY) for t in tasks}
         except Exception:
@@ -423,6 +442,7 @@ class QueueManager:
             try:
                 if owed:
                     await self.store.record_results(queue_id, results, now, next_at, dsn=owed)
+                    self._dsn_scan_due = True
                 else:
                     await self.store.record_results(queue_id, results, now, next_at)
                 return
@@ -456,18 +476,34 @@ class QueueManager:
                 owed[r.recipient_id] = action
         return owed
 
+    async def _dsns_if_due(self) -> None:
+        """The DSN step of a pass in ``run``: skipped unless a DSN may be owed (above)."""
+        now = time.monotonic()
+        if not self._dsn_scan_due and now < self._next_dsn_scan:
+            return
+        self._dsn_scan_due = False
+        self._next_dsn_scan = now + DSN_SCAN_INTERVAL
+        try:
+            await self.send_dsns()
+        except Exception:  # flags stay set: the next pass tries again
+            self._dsn_scan_due = True
+            log.exception("DSN step failed")
+
     async def send_dsns(self) -> int:
         """Send every owed DSN (``store.pending_dsns``); returns how many were committed.
         A failure leaves the flags set for the next pass."""
         pending = await self.store.pending_dsns(self.batch)
+        if len(pending) >= self.batch:
+            self._dsn_scan_due = True          # more than one batch owed: go on next pass
         sent = 0
         for message in pending:
             try:
                 sent += await self._send_message_dsns(message)
             except Exception:
+                self._dsn_scan_due = True
                 log.exception("%s: sending DSN failed; will retry", message.queue_id)
         if sent:
-            self.wake()    # deliver the new DSNs promptly
+            self._wake.set()    # deliver the new DSNs promptly
         return sent
 
     async def _send_message_dsns(self, message: QueuedMessage) -> int:
