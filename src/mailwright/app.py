@@ -168,8 +168,12 @@ class Worker:
 
     def __init__(self, settings: Settings, sockets: list[tuple[ListenerSpec, socket.socket]],
                  *, primary: bool, wake_fd: int | None, config_path: str | None,
-                 wake_write_fd: int | None = None, slot: int = 0) -> None:
+                 wake_write_fd: int | None = None, slot: int = 0,
+                 slot_sockets: list[list[tuple[ListenerSpec, socket.socket]]] | None = None
+                 ) -> None:
         self.settings = settings
+        #: primary: the listening sockets of each worker slot (_listening_sockets)
+        self.slot_sockets = slot_sockets or [sockets]
         self.slot = slot                     # a worker's place; a restart keeps it (metrics)
         self.wake_write_fd = wake_write_fd   # primary: handed to the workers it spawns
         self.sockets = sockets
@@ -326,7 +330,7 @@ class Worker:
 
     def _on_commit(self, manager):
         if manager is not None:
-            return lambda queue_id: manager.wake(dsns=False)   # new mail owes no DSN
+            return lambda queue_id: manager.mail_arrived()
         fd = self.wake_fd
         if fd is None:
             return None
@@ -358,7 +362,7 @@ class Worker:
                 pass
         except BlockingIOError:
             pass
-        manager.wake(dsns=False)        # intake workers' commits: new mail owes no DSN
+        manager.mail_arrived()          # intake workers' commits
 
     async def _heartbeat(self, store, manager) -> None:
         from . import __version__
@@ -442,7 +446,7 @@ class Worker:
             await asyncio.sleep(1.0)
 
     def _spawn_worker(self, slot: int = 0) -> subprocess.Popen:
-        fds = [sock.fileno() for _, sock in self.sockets]
+        fds = [sock.fileno() for _, sock in self.slot_sockets[slot % len(self.slot_sockets)]]
         args = [sys.executable, "-m", "mailwright.app", "--worker",
                 "--fds", ",".join(map(str, fds)), "--wake-fd", str(self.wake_write_fd),
                 "--slot", str(slot)]
@@ -451,18 +455,44 @@ class Worker:
         return subprocess.Popen(args, pass_fds=fds + [self.wake_write_fd])
 
 
+def _listening_sockets(specs: list[ListenerSpec], workers: int
+                       ) -> list[list[tuple[ListenerSpec, socket.socket]]]:
+    """The listening sockets of each worker slot.
+
+    With several intake workers, each gets sockets of its own on the same addresses
+    (SO_REUSEPORT), and the kernel spreads new connections evenly over them. Sharing one
+    socket let whichever worker woke first accept a whole burst of connections: 20
+    long-lived sessions could all land in one process, leaving the other core idle. A
+    worker that exits leaves its sockets' new connections waiting in their backlog for
+    its replacement (the primary restarts it within a second or so), never refused."""
+    first = [(spec, bind_listener(spec, reuse_port=workers > 1 and _HAS_REUSEPORT))
+             for spec in specs]
+    if workers <= 1 or not _HAS_REUSEPORT:
+        return [first]
+    slots = [first]
+    for _ in range(1, workers):
+        # the same port as the first socket (which may have been an ephemeral one)
+        slots.append([(spec, bind_listener(spec, reuse_port=True, port=sock.getsockname()[1]))
+                      for spec, sock in first])
+    return slots
+
+
+_HAS_REUSEPORT = hasattr(socket, "SO_REUSEPORT")
+
+
 def serve(settings: Settings, config_path: str | None = None) -> int:
     """Run the server until SIGTERM/SIGINT. Returns the exit status."""
     logs.setup(settings.log.level, settings.log.format, settings.paths.log_file)
     _install_uvloop()
     asyncio.run(prepare(settings))
     specs = _listener_specs(settings)
-    sockets = [(spec, bind_listener(spec)) for spec in specs]
+    slot_sockets = _listening_sockets(specs, settings.effective_workers)
+    sockets = slot_sockets[0]
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     worker = Worker(settings, sockets, primary=True, wake_fd=wake_r, config_path=config_path,
-                    wake_write_fd=wake_w)
+                    wake_write_fd=wake_w, slot_sockets=slot_sockets)
     asyncio.run(worker.run())
     return 0
 

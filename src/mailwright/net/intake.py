@@ -79,14 +79,19 @@ class Limits:
     max_received_headers: int = 50   # Postfix hopcount_limit; more = a loop (RFC 5321 §6.3)
 
 
-def bind_listener(spec: ListenerSpec, backlog: int = 1024) -> socket.socket:
-    """Create the listening socket (in the parent, before workers fork)."""
+def bind_listener(spec: ListenerSpec, backlog: int = 1024, *, reuse_port: bool = False,
+                  port: int | None = None) -> socket.socket:
+    """Create the listening socket (in the parent, before workers start). ``reuse_port``:
+    one of several sockets on the same address and ``port`` (SO_REUSEPORT), one per
+    intake worker, among which the kernel spreads new connections evenly."""
     family = socket.AF_INET6 if ":" in spec.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((spec.address, spec.port))
+    sock.bind((spec.address, spec.port if port is None else port))
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
