@@ -417,13 +417,13 @@ async def test_run_loop_reads_pending_dsns_only_when_one_may_be_owed(env):
         assert first >= 1                        # the first pass scans once
         for _ in range(5):                       # new mail: delivered, no DSN owed
             await env.commit("carol@example.org")
-            m.wake(dsns=False)
+            m.mail_arrived()
             await asyncio.sleep(0.05)
         assert len(env.delivered("carol@example.org")) == 5
         assert len(reads) == first               # no scan for mail that owes nothing
         env.router.overrides["bob@example.org"] = Route("reject", "bob@example.org")
         await env.commit("bob@example.org")      # fails: owes a DSN
-        m.wake(dsns=False)
+        m.mail_arrived()
         for _ in range(40):
             await asyncio.sleep(0.05)
             if env.delivered("alice@example.org"):

@@ -94,6 +94,7 @@ REJECT = "reject"
 DEFER = "defer"
 
 DSN_SCAN_INTERVAL = 10.0   # seconds between DSN scans when nothing here flagged one
+INTAKE_WAKE_DELAY = 0.02   # seconds new mail waits for more to arrive before a pass
 NO_ROUTE_REPLY = "451 4.4.0 No route to recipient"
 REJECT_REPLY = "550 5.1.1 Mailbox unavailable"
 DEFER_REPLY = "451 4.4.0 Delivery deferred by routing"
@@ -124,7 +125,8 @@ class QueueManager:
                  error_backoff: float = 5.0, min_sleep: float = 0.5,
                  hostname: str = "localhost", delay_warning_after: float = 4 * HOUR,
                  dsn_max_original_size: int = dsnlib.DEFAULT_MAX_ORIGINAL,
-                 metrics: MailMetrics | None = None) -> None:
+                 metrics: MailMetrics | None = None,
+                 intake_wake_delay: float = INTAKE_WAKE_DELAY) -> None:
         if batch < 1 or concurrency < 1 or lease_seconds <= 0:
             raise ValueError("batch, concurrency and lease_seconds must be positive")
         self.store = store
@@ -153,6 +155,8 @@ class QueueManager:
         # elsewhere (another node, a process that did not wake us).
         self._dsn_scan_due = True
         self._next_dsn_scan = 0.0
+        self.intake_wake_delay = intake_wake_delay
+        self._intake_wake: asyncio.TimerHandle | None = None
         self.metrics = metrics if metrics is not None else MailMetrics()
         self._transports: dict[str, dict[int, str]] = {}   # queue id -> rcpt id -> transport
         self.leased: set[str] = set()       # queue ids being delivered (leases to renew)
@@ -167,9 +171,33 @@ class QueueManager:
             self._dsn_scan_due = True
         self._wake.set()
 
+    def mail_arrived(self) -> None:
+        """Intake committed new mail: a pass within ``intake_wake_delay`` seconds.
+
+        Waking at once for every commit made each message, under a lone client, a pass of
+        its own: one claim, one result transaction and one flush each, competing with
+        intake for the CPU and the disk (one session ran 1.7 x faster with the delivering
+        process stopped). Mail that arrives within the delay is claimed, delivered and
+        recorded together (Postfix's qmgr likewise takes what arrived as a batch); the
+        delay is far below what anyone notices in delivery."""
+        if self._intake_wake is not None or self._wake.is_set():
+            return
+        if self.intake_wake_delay <= 0:
+            self._wake.set()
+            return
+        self._intake_wake = asyncio.get_running_loop().call_later(
+            self.intake_wake_delay, self._intake_wake_due)
+
+    def _intake_wake_due(self) -> None:
+        self._intake_wake = None
+        self._wake.set()
+
     def stop(self) -> None:
         """Finish the current pass, then return from ``run``."""
         self._stopping = True
+        if self._intake_wake is not None:
+            self._intake_wake.cancel()
+            self._intake_wake = None
         self._wake.set()
 
     async def run(self) -> None:
