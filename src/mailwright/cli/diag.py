@@ -25,16 +25,24 @@ import argparse
 import getpass
 import ipaddress
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..admin import diag
-from ..net.dns import Resolver
+if TYPE_CHECKING:
+    from ..admin import diag
+    from ..net.dns import Resolver
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 PROG = "mailwright"
 
-_MARK = {diag.OK: "[ok]", diag.PROBLEM: "[PROBLEM]", diag.WARNING: "[warning]",
-         diag.INFO: "[info]"}
+# admin/diag.py (and through it the SMTP client, dnspython and cryptography.x509) is
+# imported when a diag command runs, not by every `mailwright` invocation: the argument
+# parser registers every sub-command, and `mailwright sendmail` starts for each message.
+
+
+def _mark(status: str) -> str:
+    from ..admin import diag
+    return {diag.OK: "[ok]", diag.PROBLEM: "[PROBLEM]", diag.WARNING: "[warning]",
+            diag.INFO: "[info]"}.get(status, status)
 
 
 def register(cmds: argparse._SubParsersAction, common: argparse.ArgumentParser,
@@ -77,6 +85,7 @@ def _password(ctx: Any) -> str:
 
 def options_from_args(ctx: Any) -> diag.DiagOptions:
     """DiagOptions from the parsed arguments and settings; ValueError for bad input."""
+    from ..admin import diag
     a = ctx.args
     host, port = diag.parse_target(a.target)
     if not a.timeout > 0:
@@ -98,11 +107,13 @@ def options_from_args(ctx: Any) -> diag.DiagOptions:
 
 
 def make_resolver(settings: Any) -> Resolver:
+    from ..net.dns import Resolver
     out = settings.outbound
     return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
 
 
 async def cmd_diag_smtp(ctx: Any) -> int:
+    from ..admin import diag
     try:
         opts = options_from_args(ctx)
     except ValueError as exc:
@@ -136,7 +147,7 @@ def print_report(ctx: Any, report: diag.DiagReport) -> None:
         for line in step.dialogue:
             ctx.print(f"{line.direction}: {line.text}")
         if step.detail:
-            ctx.print(f"{_MARK.get(step.status, step.status)} {step.name}: {step.detail}")
+            ctx.print(f"{_mark(step.status)} {step.name}: {step.detail}")
         if step.name == "certificate":
             for i, cert in enumerate(step.data.get("chain", [])):
                 ctx.print(f"    #{i} subject: {cert['subject']}")
@@ -153,4 +164,4 @@ def print_report(ctx: Any, report: diag.DiagReport) -> None:
     else:
         ctx.print(f"Summary: {len(problems)} problem(s) found")
     for s in problems + warnings:
-        ctx.print(f"  {_MARK[s.status]} {s.name}: {s.detail}")
+        ctx.print(f"  {_mark(s.status)} {s.name}: {s.detail}")

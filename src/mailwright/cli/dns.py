@@ -21,16 +21,23 @@ from __future__ import annotations
 import argparse
 import inspect
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..admin import dnsdoctor
-from ..net.dns import Resolver
+if TYPE_CHECKING:
+    from ..admin import dnsdoctor
+    from ..net.dns import Resolver
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 PROG = "mailwright"
 
-_MARK = {dnsdoctor.OK: "ok", dnsdoctor.MISSING: "MISSING", dnsdoctor.WRONG: "WRONG",
-         dnsdoctor.UNCHECKED: "UNCHECKED", dnsdoctor.NOTE: "note"}
+# The DNS doctor (and dnspython) is imported when a dns command runs, not by every
+# `mailwright` invocation (cli/diag.py says why).
+
+
+def _mark(status: str) -> str:
+    from ..admin import dnsdoctor
+    return {dnsdoctor.OK: "ok", dnsdoctor.MISSING: "MISSING", dnsdoctor.WRONG: "WRONG",
+            dnsdoctor.UNCHECKED: "UNCHECKED", dnsdoctor.NOTE: "note"}.get(status, status)
 
 
 def register(cmds: argparse._SubParsersAction, common: argparse.ArgumentParser,
@@ -58,6 +65,7 @@ def register(cmds: argparse._SubParsersAction, common: argparse.ArgumentParser,
 
 def make_resolver(settings: Any) -> Resolver:
     """The resolver the server itself uses for outbound lookups."""
+    from ..net.dns import Resolver
     out = settings.outbound
     return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
 
@@ -65,6 +73,7 @@ def make_resolver(settings: Any) -> Resolver:
 async def build_facts(ctx: Any) -> dnsdoctor.DomainFacts:
     """Facts from the arguments, the settings and (when it exists) ``service.dkim_keys``.
     Raises ValueError with an operator-readable message for bad input."""
+    from ..admin import dnsdoctor
     args = ctx.args
     domain = args.domain.strip().rstrip(".").lower()
     if not domain or "." not in domain or any(c in domain for c in " @/:"):
@@ -98,6 +107,7 @@ def _usage(ctx: Any, message: str) -> int:
 
 
 async def cmd_dns_records(ctx: Any) -> int:
+    from ..admin import dnsdoctor
     try:
         facts = await build_facts(ctx)
     except ValueError as exc:
@@ -126,6 +136,7 @@ async def cmd_dns_records(ctx: Any) -> int:
 
 
 async def cmd_dns_check(ctx: Any) -> int:
+    from ..admin import dnsdoctor
     try:
         facts = await build_facts(ctx)
     except ValueError as exc:
@@ -144,7 +155,7 @@ async def cmd_dns_check(ctx: Any) -> int:
     ctx.print(f"DNS check of {facts.domain}")
     width = max(len(f.item) for f in findings) if findings else 0
     for f in findings:
-        ctx.print(f"  [{_MARK.get(f.status, f.status):>9}] {f.item.ljust(width)}  {f.detail}")
+        ctx.print(f"  [{_mark(f.status):>9}] {f.item.ljust(width)}  {f.detail}")
         if f.fix and f.status not in (dnsdoctor.OK, dnsdoctor.NOTE):
             ctx.print(f"  {'':>11} {''.ljust(width)}  fix: {f.fix}")
     bad = [f for f in findings if f.status not in (dnsdoctor.OK, dnsdoctor.NOTE)]
