@@ -358,8 +358,7 @@ class Worker:
 
     def _drain(self, manager) -> None:
         try:
-            while os.read(self.wake_fd, 4096):
-                pass
+            os.read(self.wake_fd, 4096)   # one byte per wake-up: one read empties it
         except BlockingIOError:
             pass
         manager.mail_arrived()          # intake workers' commits
