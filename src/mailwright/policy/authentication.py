@@ -181,9 +181,9 @@ class SpfResultStage:
         return self.spf.verdict(txn, await spf_result(txn))
 
 
-class DkimStage:
-    """Data step: verify every DKIM signature (up to ``dkim_max_signatures``)."""
-    name = "dkim"
+class _ScopedDataStage:
+    """A data stage that checks only the sessions in its ``scope``: outside it the answer
+    is CONTINUE at once (no coroutine, no task); inside, the subclass's ``_check``."""
 
     def __init__(self, settings: AuthSettings, resolver: Any, scope: Scope = ALL_MX) -> None:
         self.scope = scope
@@ -195,6 +195,11 @@ class DkimStage:
         if not self.scope(session):
             return CONTINUE             # answered at once: no coroutine, no task
         return self._check(session, txn, message)
+
+
+class DkimStage(_ScopedDataStage):
+    """Data step: verify every DKIM signature (up to ``dkim_max_signatures``)."""
+    name = "dkim"
 
     async def _check(self, session: SessionInfo, txn: TransactionInfo,
                      message: MessageView) -> Verdict:
@@ -217,20 +222,9 @@ class DkimStage:
         return Verdict(Action.CONTINUE, self.name, reason=summary, data=evidence)
 
 
-class ArcStage:
+class ArcStage(_ScopedDataStage):
     """Data step: verify the ARC chain (RFC 8617 §5.2)."""
     name = "arc"
-
-    def __init__(self, settings: AuthSettings, resolver: Any, scope: Scope = ALL_MX) -> None:
-        self.scope = scope
-        self.settings = settings
-        self.resolver = resolver
-
-    def check_data(self, session: SessionInfo, txn: TransactionInfo,
-                   message: MessageView) -> Verdict | Awaitable[Verdict]:
-        if not self.scope(session):
-            return CONTINUE             # answered at once: no coroutine, no task
-        return self._check(session, txn, message)
 
     async def _check(self, session: SessionInfo, txn: TransactionInfo,
                      message: MessageView) -> Verdict:
@@ -244,22 +238,14 @@ class ArcStage:
         return Verdict(Action.CONTINUE, self.name, reason=f"arc={result.cv}")
 
 
-class DmarcStage:
+class DmarcStage(_ScopedDataStage):
     """Data step: DMARC from the SPF and DKIM facts, with the configured actions."""
     name = "dmarc"
 
     def __init__(self, settings: AuthSettings, resolver: Any, recorder: Any = None,
                  scope: Scope = ALL_MX) -> None:
-        self.scope = scope
-        self.settings = settings
-        self.resolver = resolver
+        super().__init__(settings, resolver, scope)
         self.recorder = recorder          # DMARC report recording (optional)
-
-    def check_data(self, session: SessionInfo, txn: TransactionInfo,
-                   message: MessageView) -> Verdict | Awaitable[Verdict]:
-        if not self.scope(session):
-            return CONTINUE             # answered at once: no coroutine, no task
-        return self._check(session, txn, message)
 
     async def _check(self, session: SessionInfo, txn: TransactionInfo,
                      message: MessageView) -> Verdict:
