@@ -36,12 +36,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ..queue.model import QueuedMessage, RecipientState
-from ..store.base import AuditRecord, QueueFilter, Store
-from .queue_ops import _os_user
+from ..store.base import AuditRecord, QueueFilter
+from .queue_ops import AuditedOps
 from .service import InvalidInput, NotFound
 
 __all__ = ["QuarantineOps", "HEADER_LIMIT"]
@@ -65,20 +64,11 @@ def _header_section(body: bytes) -> bytes:
     return head[:HEADER_LIMIT]
 
 
-class QuarantineOps:
+class QuarantineOps(AuditedOps):
     """The quarantine over one ``Store`` on behalf of ``user`` (default: the OS user)."""
 
-    def __init__(self, store: Store, *, user: str | None = None,
-                 wake: Callable[[], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.user = user or _os_user()
-        self.wake = wake
-        self.clock = clock
-
     async def list(self, limit: int | None = 1000) -> list[QueuedMessage]:
-        if limit is not None and limit < 1:
-            raise InvalidInput(f"invalid limit {limit}: expected 1 or more")
+        self._check_limit(limit)
         return await self.store.queue_select(_IN_QUARANTINE, limit)
 
     async def show(self, queue_id: str) -> tuple[QueuedMessage, bytes]:

@@ -167,8 +167,9 @@ def _os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-class QueueOps:
-    """Queue selection and audited operator actions over one ``Store``."""
+class AuditedOps:
+    """Operator actions over one ``Store`` on behalf of ``user`` (default: the OS user),
+    waking the running server with ``wake`` after a change (queue, quarantine)."""
 
     def __init__(self, store: Store, *, user: str | None = None,
                  wake: Callable[[], bool] | None = None,
@@ -178,9 +179,17 @@ class QueueOps:
         self.wake = wake
         self.clock = clock
 
-    async def select(self, flt: QueueFilter, limit: int | None = 1000) -> list[QueuedMessage]:
+    @staticmethod
+    def _check_limit(limit: int | None) -> None:
         if limit is not None and limit < 1:
             raise InvalidInput(f"invalid limit {limit}: expected 1 or more")
+
+
+class QueueOps(AuditedOps):
+    """Queue selection and audited operator actions over one ``Store``."""
+
+    async def select(self, flt: QueueFilter, limit: int | None = 1000) -> list[QueuedMessage]:
+        self._check_limit(limit)
         return await self.store.queue_select(flt, limit)
 
     async def show(self, queue_id: str) -> tuple[QueuedMessage, list[AttemptRecord]]:

@@ -21,6 +21,14 @@ FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.FAILED})
 DSN_ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
 
 
+def check_dsn_actions(actions) -> None:
+    """ValueError for an action that is not a DSN action (None: no DSN owed), before a
+    store writes any of them (both backends, results and operator bounces)."""
+    for action in actions:
+        if action is not None and action not in DSN_ACTIONS:
+            raise ValueError(f"unknown DSN action {action!r}")
+
+
 @dataclass(slots=True)
 class RecipientRequest:
     """One accepted RCPT TO, as committed with the message."""

@@ -17,12 +17,11 @@ transaction (``_complete_if_done``), and this node's cached copies afterwards.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import asyncpg
 
-from ..queue.model import DSN_ACTIONS, QueuedMessage, RecipientState
+from ..queue.model import check_dsn_actions, QueuedMessage, RecipientState
 from .base import AuditRecord, QueueFilter
 from .pg_notify import notify_sql
 
@@ -185,9 +184,7 @@ class QueueOps:
                            audit: AuditRecord | None = None
                            ) -> tuple[dict[str, int], list[str]]:
         for owed in failures.values():
-            for action in owed.values():
-                if action is not None and action not in DSN_ACTIONS:
-                    raise ValueError(f"unknown DSN action {action!r}")
+            check_dsn_actions(owed.values())
         at = float(now)
         completed: list[str] = []
 

@@ -80,7 +80,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, T
 import asyncpg
 
 from ..queue.model import (
-    DSN_ACTIONS, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
+    check_dsn_actions, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
     RecipientRequest, RecipientState,
 )
 from . import pg_schema
@@ -623,9 +623,7 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
         now = float(now)
         retry_at = now if next_attempt_at is None else float(next_attempt_at)
         owed = dict(dsn or {})
-        for action in owed.values():
-            if action not in DSN_ACTIONS:
-                raise ValueError(f"unknown DSN action {action!r}")
+        check_dsn_actions(owed.values())
 
         async def fn(c: asyncpg.Connection) -> bool:
             if await c.fetchval("SELECT 1 FROM messages WHERE queue_id = $1 FOR UPDATE",

@@ -66,7 +66,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..fsutil import unlink_quiet
 from ..queue.model import (
-    DSN_ACTIONS, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
+    check_dsn_actions, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
     RecipientRequest, RecipientState,
 )
 from . import migrations
@@ -704,9 +704,7 @@ class SQLiteStore:
         same transaction; "delayed" also sets ``dsn_delayed``)."""
         retry_at = now if next_attempt_at is None else next_attempt_at
         owed = dict(dsn or {})
-        for action in owed.values():
-            if action not in DSN_ACTIONS:
-                raise ValueError(f"unknown DSN action {action!r}")
+        check_dsn_actions(owed.values())
 
         def fn(c: sqlite3.Connection, remove: list[str]) -> None:
             row = c.execute("SELECT blob FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
@@ -1054,9 +1052,7 @@ class SQLiteStore:
                            audit: AuditRecord | None = None
                            ) -> tuple[dict[str, int], list[str]]:
         for owed in failures.values():
-            for action in owed.values():
-                if action is not None and action not in DSN_ACTIONS:
-                    raise ValueError(f"unknown DSN action {action!r}")
+            check_dsn_actions(owed.values())
 
         def fn(c: sqlite3.Connection, remove: list[str]
                ) -> tuple[dict[str, int], list[str]]:
