@@ -62,6 +62,7 @@ from ..net.dns import DNSError, Resolver
 from ..net.probe import (
     Line, ProbeConnection, open_context, open_probe, presented_chain, verifying_context,
 )
+from ..policy.context import parse_ip
 from ..smtp.client import ClientState, Closed, ServerReply, TlsReady
 from ..smtp.replies import Reply
 
@@ -168,14 +169,6 @@ def parse_target(text: str) -> tuple[str, int | None]:
     return host, int(port)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 def port25_blocked(port: int, outcomes: list[str], dns_answered: bool) -> bool:
     """The heuristic of the module docstring: port 25, DNS works, every attempt timed out."""
     return port == 25 and dns_answered and bool(outcomes) and \
@@ -193,8 +186,8 @@ def name_matches(host: str, der: bytes) -> bool:
         ip_ids = san.get_values_for_type(x509.IPAddress)
     except x509.ExtensionNotFound:
         dns_ids, ip_ids = [], []
-    if _is_ip(host):
-        want = ipaddress.ip_address(host)
+    want = parse_ip(host)
+    if want is not None:
         return any(ip == want for ip in ip_ids)
     if not dns_ids:
         dns_ids = [a.value.lower() for a in cert.subject.get_attributes_for_oid(
@@ -320,7 +313,7 @@ class _Diagnosis:
 
     async def resolve(self) -> list[str]:
         opts = self.opts
-        if _is_ip(opts.host):
+        if parse_ip(opts.host) is not None:
             return [opts.host]
         if self.resolver is None:
             self.step("resolve", PROBLEM, f"cannot look up {opts.host}: no resolver")
@@ -530,7 +523,7 @@ class _Diagnosis:
 
     async def handshake(self, conn: ProbeConnection, verify: bool) -> None:
         s = self.step("tls")
-        sni = None if _is_ip(self.host) else self.host
+        sni = None if parse_ip(self.host) is not None else self.host
         try:
             ctx = verifying_context(self.opts.cafile) if verify else open_context()
         except (OSError, ssl.SSLError) as exc:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
+
+from ..policy.context import parse_ip
 
 if TYPE_CHECKING:
     from ..admin import diag
@@ -119,7 +120,7 @@ async def cmd_diag_smtp(ctx: Any) -> int:
     except ValueError as exc:
         return _usage(ctx, str(exc))
     resolver = None
-    if not _is_ip(opts.host):
+    if parse_ip(opts.host) is None:          # a name: MX / address lookups
         try:
             resolver = make_resolver(ctx.settings)
         except (OSError, ValueError) as exc:
@@ -131,14 +132,6 @@ async def cmd_diag_smtp(ctx: Any) -> int:
     else:
         print_report(ctx, report)
     return EXIT_OK if report.ok else EXIT_PROBLEM
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def print_report(ctx: Any, report: diag.DiagReport) -> None:

@@ -18,11 +18,10 @@ Invariants: never raises; a DNS failure, no PTR or no forward match all give an 
 from __future__ import annotations
 
 import collections
-import functools
-import ipaddress
 import logging
 from dataclasses import dataclass
 
+from ..policy.context import parse_ip
 from .dns import DNSError
 
 log = logging.getLogger("mailwright.peername")
@@ -37,13 +36,8 @@ class PeerName:
     status: str = "unknown"   # "ok" | "missing" (no PTR) | "mismatch" | "unknown" (DNS failed)
 
 
-@functools.lru_cache(maxsize=4096)
 def wanted(ip: str) -> bool:
-    try:
-        ipaddress.ip_address(ip)
-        return True
-    except ValueError:
-        return False
+    return parse_ip(ip) is not None
 
 
 async def peer_name(resolver, ip: str) -> PeerName:
@@ -54,13 +48,13 @@ async def peer_name(resolver, ip: str) -> PeerName:
         return PeerName()
     if not names:
         return PeerName(status="missing")
-    want = ipaddress.ip_address(ip)
+    want = parse_ip(ip)
     for name in names:
         try:
             found = await resolver.addresses(name)
         except (DNSError, ValueError):
             continue
-        if any(ipaddress.ip_address(a) == want for a in found):
+        if any(parse_ip(a) == want for a in found):
             return PeerName(name, names[0], "ok")
     return PeerName("", names[0], "mismatch")
 
