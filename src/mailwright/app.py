@@ -36,7 +36,7 @@ import time
 from . import logs
 from .config.settings import Settings, load_settings
 from .metrics.runtime import MetricsRuntime
-from .net.dns import Resolver
+from .net.dns import resolver_from_settings
 from .net.intake import IntakeServer, Limits, ListenerSpec, bind_listener
 from .net.tls import ensure_self_signed, server_context
 from .policy.registry import build_checks
@@ -148,11 +148,7 @@ def dmarc_report_identity(settings: Settings) -> dict[str, str]:
             "org_email": settings.auth.dmarc_report_from or f"dmarc-noreply@{domain}"}
 
 
-def shared_resolver(settings: Settings) -> Resolver:
-    """The one DNS resolver of a process: routing, SPF/DKIM/DMARC, blocklists share its
-    cache. Nameservers come from ``[outbound] nameservers`` (default: /etc/resolv.conf)."""
-    out = settings.outbound
-    return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
+shared_resolver = resolver_from_settings    # the one DNS resolver of the process
 
 
 def _install_uvloop() -> None:

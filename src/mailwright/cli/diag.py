@@ -30,7 +30,6 @@ from ..policy.context import parse_ip
 
 if TYPE_CHECKING:
     from ..admin import diag
-    from ..net.dns import Resolver
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 PROG = "mailwright"
@@ -107,12 +106,6 @@ def options_from_args(ctx: Any) -> diag.DiagOptions:
         rcpt_to=a.send[1] if a.send else None)
 
 
-def make_resolver(settings: Any) -> Resolver:
-    from ..net.dns import Resolver
-    out = settings.outbound
-    return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
-
-
 async def cmd_diag_smtp(ctx: Any) -> int:
     from ..admin import diag
     try:
@@ -122,7 +115,8 @@ async def cmd_diag_smtp(ctx: Any) -> int:
     resolver = None
     if parse_ip(opts.host) is None:          # a name: MX / address lookups
         try:
-            resolver = make_resolver(ctx.settings)
+            from ..net.dns import resolver_from_settings
+            resolver = resolver_from_settings(ctx.settings)
         except (OSError, ValueError) as exc:
             print(f"{PROG}: cannot set up DNS: {exc}", file=ctx.err)
             return EXIT_PROBLEM

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..admin import dnsdoctor
-    from ..net.dns import Resolver
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 PROG = "mailwright"
@@ -61,13 +60,6 @@ def register(cmds: argparse._SubParsersAction, common: argparse.ArgumentParser,
                         help="our MX host name (repeatable; default: the server hostname)")
         sp.add_argument("--rua", default="", metavar="ADDRESS",
                         help="DMARC aggregate report address (default dmarc-reports@DOMAIN)")
-
-
-def make_resolver(settings: Any) -> Resolver:
-    """The resolver the server itself uses for outbound lookups."""
-    from ..net.dns import Resolver
-    out = settings.outbound
-    return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
 
 
 async def build_facts(ctx: Any) -> dnsdoctor.DomainFacts:
@@ -142,7 +134,8 @@ async def cmd_dns_check(ctx: Any) -> int:
     except ValueError as exc:
         return _usage(ctx, str(exc))
     try:
-        resolver = make_resolver(ctx.settings)
+        from ..net.dns import resolver_from_settings
+        resolver = resolver_from_settings(ctx.settings)
     except (OSError, ValueError) as exc:
         print(f"{PROG}: cannot set up DNS: {exc}", file=ctx.err)
         return EXIT_PROBLEM

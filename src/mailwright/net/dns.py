@@ -543,3 +543,11 @@ class Resolver:
         """``txt(name)`` for a worker thread: the ``dnsfunc(name) -> list[str]`` shape that
         pyspf/dkimpy-style libraries take. Raises DNSTemporaryError like ``txt``."""
         return self.run_sync(self.txt(name))
+
+
+def resolver_from_settings(settings: Any) -> Resolver:
+    """The resolver a process uses for outbound lookups (the server shares one: routing,
+    SPF/DKIM/DMARC and blocklists share its cache; the diag and dns commands make their
+    own): ``[outbound] nameservers`` (default: /etc/resolv.conf) and ``dns_timeout``."""
+    out = settings.outbound
+    return Resolver(list(out.nameservers) or None, timeout=out.dns_timeout)
