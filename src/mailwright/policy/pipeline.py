@@ -45,6 +45,22 @@ log = logging.getLogger("mailwright.policy")
 STEPS = ("connect", "helo", "mail", "rcpt", "data")
 
 
+def _call(check: Any, method: str, args: tuple) -> Any:
+    """A check's answer (a Verdict or an awaitable of one); one that raises is a TEMPFAIL."""
+    try:
+        return getattr(check, method)(*args)
+    except Exception:
+        log.exception("policy check %s failed", getattr(check, "name", check))
+        return _failed(check, "check raised")
+
+
+def _final(verdict: Verdict, record: list[Verdict]) -> bool:
+    """Keep a verdict that names its check and a reason; True if it ends the step."""
+    if verdict.check and verdict.reason:
+        record.append(verdict)
+    return verdict.action is not Action.CONTINUE
+
+
 def _failed(check: Any, why: str) -> Verdict:
     return Verdict(Action.TEMPFAIL, getattr(check, "name", "?"), catalog.TEMP_LOCAL_ERROR, why)
 
@@ -93,16 +109,10 @@ class Pipeline:
         method = f"check_{step}"
         checks = self.steps[step]
         for index, check in enumerate(checks):
-            try:
-                verdict = getattr(check, method)(*args)
-            except Exception:
-                log.exception("policy check %s failed", getattr(check, "name", check))
-                verdict = _failed(check, "check raised")
+            verdict = _call(check, method, args)
             if type(verdict) is not Verdict and inspect.isawaitable(verdict):
                 return self._continue(method, checks, index, verdict, args, record)
-            if verdict.check and verdict.reason:
-                record.append(verdict)
-            if verdict.action is not Action.CONTINUE:
+            if _final(verdict, record):
                 return verdict
         return CONTINUE
 
@@ -112,36 +122,27 @@ class Pipeline:
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
-                    try:
-                        verdict = await pending
-                    except (asyncio.CancelledError, TimeoutError):
-                        raise
-                    except Exception:
-                        log.exception("policy check %s failed", getattr(current, "name", current))
-                        verdict = _failed(current, "check raised")
-                    if verdict.check and verdict.reason:
-                        record.append(verdict)
-                    if verdict.action is not Action.CONTINUE:
-                        return verdict
-                    # The next checks, each awaited only if it has to wait.
-                    while True:
-                        index += 1
-                        if index >= len(checks):
-                            return CONTINUE
-                        current = checks[index]
+                    if pending is not None:
                         try:
-                            verdict = getattr(current, method)(*args)
+                            verdict = await pending
+                        except (asyncio.CancelledError, TimeoutError):
+                            raise
                         except Exception:
                             log.exception("policy check %s failed",
                                           getattr(current, "name", current))
                             verdict = _failed(current, "check raised")
-                        if type(verdict) is not Verdict and inspect.isawaitable(verdict):
-                            pending = verdict
-                            break
-                        if verdict.check and verdict.reason:
-                            record.append(verdict)
-                        if verdict.action is not Action.CONTINUE:
+                        pending = None
+                        if _final(verdict, record):
                             return verdict
+                    index += 1                  # the next check, awaited only if it waits
+                    if index >= len(checks):
+                        return CONTINUE
+                    current = checks[index]
+                    verdict = _call(current, method, args)
+                    if type(verdict) is not Verdict and inspect.isawaitable(verdict):
+                        pending = verdict
+                    elif _final(verdict, record):
+                        return verdict
         except TimeoutError:
             if inspect.iscoroutine(pending):
                 pending.close()
