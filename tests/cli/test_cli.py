@@ -10,7 +10,6 @@ import time
 import types
 from pathlib import Path
 
-import pytest
 
 import mailwright
 from mailwright.admin.service import AdminService
@@ -335,8 +334,7 @@ def test_python_dash_m_bad_key(tmp_path):
 
 def test_console_script(tmp_path):
     script = Path(sys.executable).parent / "mailwright"
-    if not script.exists():
-        pytest.skip("console script not installed")
+    assert script.exists(), f"{script}: the console script is not installed (make install)"
     r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("mailwright ")
     r = subprocess.run([str(script), "domain", "list"], capture_output=True, text=True,
