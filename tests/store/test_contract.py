@@ -252,6 +252,31 @@ async def test_record_results_rejects_foreign_recipient(store):
     assert (await store.get_message(q1)).recipients[0].attempts == 0
 
 
+async def test_a_failing_result_among_concurrent_ones_fails_alone(store):
+    """Results recorded at the same moment share one transaction on SQLite; the one
+    that fails (a foreign recipient) must be rolled back alone and the others kept."""
+    qids = [await commit(store, b"%d" % i) for i in range(4)]
+    msgs = {m.queue_id: m for m in await store.claim_due(T0, 10, "w", 60)}
+    foreign = msgs[qids[3]].recipients[0].id
+
+    async def record(i: int):
+        rid = foreign if i == 1 else msgs[qids[i]].recipients[0].id
+        return await store.record_results(qids[i], [DeliveryResult(rid, True, reply="250 ok")],
+                                          T0 + 1, None)
+
+    outcomes = await asyncio.gather(*(record(i) for i in range(3)), return_exceptions=True)
+    assert isinstance(outcomes[1], NotFoundError)
+    assert outcomes[0] is None and outcomes[2] is None
+    for i in (0, 2):
+        m = await store.get_message(qids[i])
+        assert [r.state for r in m.recipients] == [RecipientState.DELIVERED]
+        assert len(await store.list_attempts(qids[i])) == 1
+    untouched = await store.get_message(qids[1])
+    assert untouched.recipients[0].attempts == 0
+    assert await store.list_attempts(qids[1]) == []
+    assert (await store.get_message(qids[3])).recipients[0].attempts == 0
+
+
 async def test_temporary_failure_without_next_time_is_due_now(store):
     qid = await commit(store, b"x")
     [m] = await store.claim_due(T0, 10, "w", 60)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import itertools
 import os
 import secrets
 import sys
@@ -44,6 +45,19 @@ import zlib
 from ..fsutil import fsync_dir, rename_noreplace, unlink_quiet
 from . import queueid
 from .base import StoreError
+
+_tmp_counter = itertools.count()
+_tmp_prefix = ""
+
+
+def _new_tmp_prefix() -> None:
+    global _tmp_prefix, _tmp_counter
+    _tmp_prefix = f"{os.getpid():x}.{secrets.token_hex(6)}."
+    _tmp_counter = itertools.count()
+
+
+_new_tmp_prefix()
+os.register_at_fork(after_in_child=_new_tmp_prefix)
 
 BUFFER_SIZE = 64 * 1024
 
@@ -293,7 +307,11 @@ class BlobDir:
 
     # --- intake
     def new_tmp_path(self) -> str:
-        return os.path.join(self.tmp, secrets.token_hex(12))
+        # Unique without a system call per body (secrets.token_hex cost one getrandom(2)
+        # per message): process id, a per-process random tag and a counter. The file is
+        # created with O_EXCL, so a clash (a recycled pid meeting an old crash's leftovers
+        # with the same tag) is detected and retried with the next name, never shared.
+        return os.path.join(self.tmp, f"{_tmp_prefix}{next(_tmp_counter):x}")
 
     def new_writer(self) -> FileBlobWriter:
         """A writer for a new body; its file is created lazily (see the module doc)."""

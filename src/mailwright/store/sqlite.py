@@ -82,6 +82,11 @@ log = logging.getLogger("mailwright.store")
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _FINAL_SQL = "('delivered', 'failed')"
+_FINAL_VALUES = frozenset(st.value for st in FINAL_STATES)
+
+
+class _Redo(Exception):
+    """A job failed in _run_txns' optimistic pass: roll back, run again isolated."""
 _CHUNK = 500
 
 _MSG_COLS = ("queue_id, sender, received_at, client_ip, client_port, client_name, helo, "
@@ -262,10 +267,14 @@ class SQLiteStore:
                 p.error = exc
 
     def _run_txns(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
-        """Writer thread: every pending ``_write`` job in ONE transaction, each inside its
-        own savepoint (a job that raises is rolled back alone and gets the exception);
-        then, after the commit, the blob unlinks the successful jobs asked for."""
+        """Writer thread: every pending ``_write`` job in ONE transaction; then, after the
+        commit, the blob unlinks the successful jobs asked for. The first pass runs the
+        jobs one after the other; if one raises, that transaction is rolled back and the
+        batch runs again with each job inside its own savepoint, so the failing job is
+        rolled back alone and gets the exception (jobs only touch the database, so
+        running one twice is harmless: ``_retry_busy`` already may)."""
         removes: list[list[str]] = [[] for _ in items]
+        isolate = False
 
         def attempt() -> None:
             conn.execute("BEGIN IMMEDIATE")
@@ -273,6 +282,15 @@ class SQLiteStore:
                 for i, p in enumerate(items):
                     removes[i] = []
                     p.result, p.error = None, None
+                    if not isolate:
+                        # Optimistic: jobs almost never fail, so the batch first runs
+                        # without a SAVEPOINT/RELEASE pair per job; a failure rolls the
+                        # whole batch back and it runs again with one.
+                        try:
+                            p.result = p.payload[0](conn, removes[i])
+                        except BaseException as exc:
+                            raise _Redo() from exc
+                        continue
                     conn.execute("SAVEPOINT job")
                     try:
                         p.result = p.payload[0](conn, removes[i])
@@ -286,9 +304,18 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+        def run() -> None:
+            nonlocal isolate
+            try:
+                self._retry_busy(attempt)
+            except _Redo:
+                isolate = True
+                self._retry_busy(attempt)
+
         durable = any(p.payload[1] for p in items)
         try:
-            self._exclusive(lambda: self._retry_busy(attempt), sync=durable)
+            self._exclusive(run, sync=durable)
         except sqlite3.Error as exc:
             for p in items:
                 p.result, p.error = None, StoreError(f"database error: {exc}")
@@ -707,11 +734,21 @@ class SQLiteStore:
         check_dsn_actions(owed.values())
 
         def fn(c: sqlite3.Connection, remove: list[str]) -> None:
-            row = c.execute("SELECT blob FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no message {queue_id}")
-            states = dict(c.execute("SELECT id, state FROM recipients WHERE queue_id = ?",
-                                    (queue_id,)))
+            # One read for the message and all its recipients, then only the writes: the
+            # completion test below is _complete_if_done's, on the states in hand.
+            rows = c.execute("SELECT m.blob, r.id, r.state, r.dsn_pending FROM messages m"
+                             " JOIN recipients r ON r.queue_id = m.queue_id"
+                             " WHERE m.queue_id = ?", (queue_id,)).fetchall()
+            if rows:
+                blob = rows[0][0]
+            else:           # no such message (or, in theory, one without recipients)
+                row = c.execute("SELECT blob FROM messages WHERE queue_id = ?",
+                                (queue_id,)).fetchone()
+                if row is None:
+                    raise NotFoundError(f"no message {queue_id}")
+                blob = row[0]
+            states = {r[1]: r[2] for r in rows}
+            pending = {r[1]: r[3] for r in rows}
             history = []
             for res in results:
                 state = states.get(res.recipient_id)
@@ -719,7 +756,7 @@ class SQLiteStore:
                     raise NotFoundError(f"recipient {res.recipient_id} is not part of {queue_id}")
                 history.append((res.recipient_id, now, int(res.ok), int(res.permanent), res.reply,
                                 res.remote_mta))
-                if RecipientState(state) in FINAL_STATES:
+                if state in _FINAL_VALUES:
                     continue
                 if res.ok or res.permanent:
                     new = RecipientState.DELIVERED if res.ok else RecipientState.FAILED
@@ -740,12 +777,21 @@ class SQLiteStore:
                     c.execute("UPDATE recipients SET dsn_pending = ?,"
                               " dsn_delayed = MAX(dsn_delayed, ?) WHERE id = ?",
                               (action, int(action == "delayed"), res.recipient_id))
+                    pending[res.recipient_id] = action
             c.executemany("INSERT INTO attempts (recipient_id, at, ok, permanent, reply,"
                           " remote_mta) VALUES (?, ?, ?, ?, ?, ?)", history)
-            c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
-                      " WHERE queue_id = ?", (queue_id,))
-            if self._complete_if_done(c, queue_id, now):
-                remove.append(row[0])
+            # Complete when every recipient is final and no DSN is owed (the DSN needs
+            # the body): then the lease goes and completed_at is set in one statement.
+            done = all(st in _FINAL_VALUES and pending[rid] is None
+                       for rid, st in states.items())
+            if done:
+                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL,"
+                          " completed_at = COALESCE(completed_at, ?) WHERE queue_id = ?",
+                          (now, queue_id))
+                remove.append(blob)
+            else:
+                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
+                          " WHERE queue_id = ?", (queue_id,))
         await self._write(fn)
 
     @staticmethod
