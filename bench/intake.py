@@ -526,7 +526,7 @@ class MailwrightServer(Server):
     def __init__(self, port: int, work: Path, acct_mode: str, *, exe: Path,
                  workers: int, config_template: Path | None, delivery: str = "discard",
                  sync_method: str = "auto", nameserver: str = "",
-                 check_loopback: bool = False):
+                 check_loopback: bool = False, python_tag: str = ""):
         super().__init__(port, work, acct_mode)
         # False: Mailwright's defaults, which (like policyd-spf) skip SPF/DKIM/DMARC for
         # loopback clients, as the Postfix here runs no such checks. True: smtp-source's
@@ -542,9 +542,14 @@ class MailwrightServer(Server):
         self.data = work / "data"
         self.logfile = work / "mailwright.log"
         self.proc: subprocess.Popen | None = None
+        self.python_tag = python_tag        # "system" (the distribution's build), "venv"
         self.python, short, self.python_version = interpreter_of(exe)
-        self.label = f"Mailwright/{short.replace('CPython ', 'py')}" + \
-            ("+auth" if check_loopback else "")
+        self._name(short)
+
+    def _name(self, short: str) -> None:
+        tag = f"{self.python_tag}-" if self.python_tag else ""
+        self.label = f"Mailwright/{tag}{short.replace('CPython ', 'py')}" + \
+            ("+auth" if self.check_loopback else "")
         self.interpreter = f"{short} at {self.python} ({self.python_version})"
 
     def configure(self) -> None:
@@ -589,9 +594,7 @@ class MailwrightServer(Server):
             real = os.readlink(f"/proc/{self.proc.pid}/exe")
             if os.path.realpath(real) != os.path.realpath(self.python):
                 self.python, short, self.python_version = python_version_of(real)
-                self.label = f"Mailwright/{short.replace('CPython ', 'py')}" + \
-                    ("+auth" if self.check_loopback else "")
-                self.interpreter = f"{short} at {self.python} ({self.python_version})"
+                self._name(short)
                 log(f"Mailwright runs on {self.interpreter}")
 
     def stop(self) -> None:
@@ -631,6 +634,7 @@ class MailwrightServer(Server):
 
     def describe(self) -> dict:
         return {"server": self.label, "interpreter": self.interpreter,
+                "python": self.python_tag or "given",
                 "durability": "store commit fsynced before 250 (always on)",
                 "delivery": ("discarded after intake ([delivery] discard_domains)"
                              if self.delivery == "discard"
@@ -708,6 +712,66 @@ def python_version_of(python: str) -> tuple[str, str, str]:
     return lines[0], lines[1], " ".join(lines[2:])
 
 
+def mailwright_installs(args) -> list[tuple[str, Path]]:
+    """(tag, console script) for each interpreter in --python, in order.
+
+    "venv": the project's own install (--mailwright, default .venv/bin/mailwright).
+    "system": the distribution's /usr/bin/python3 (Debian builds it with profile-guided
+    optimisation and LTO; a plain ./configure build, as pyenv makes, ran Mailwright about
+    10-20% slower here), in a venv this script makes under --workdir. Any other value is
+    the path of a Python >= 3.11 to do the same with."""
+    out = []
+    for choice in [c.strip() for c in args.python.split(",") if c.strip()]:
+        if choice == "venv":
+            out.append(("venv", args.mailwright))
+            continue
+        python = "/usr/bin/python3" if choice == "system" else choice
+        tag = "system" if choice == "system" else Path(choice).name
+        try:
+            out.append((tag, venv_for(python, args)))
+        except BenchError as exc:
+            log(f"warning: no Mailwright on {python}: {exc}; skipping it")
+    if not out:
+        raise BenchError(f"no usable interpreter in --python {args.python!r}")
+    return out
+
+
+def venv_for(python: str, args) -> Path:
+    """A venv of `python` with Mailwright installed (editable, pinned by constraints.txt),
+    kept under --workdir and brought up to date on every run."""
+    if not os.path.exists(python):
+        raise BenchError(f"{python} not found")
+    ok = run([python, "-c", "import sys; assert sys.version_info >= (3, 11); "
+              "import venv, ensurepip; print(sys.version.split()[0])"], check=False)
+    if ok.returncode != 0:
+        if python.startswith("/usr/bin/") and not args.no_install and os.geteuid() == 0:
+            log(f"installing python3-venv from Debian's packages for {python}")
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            run(["apt-get", "install", "-y", "-q", "python3-venv"], timeout=900, env=env,
+                check=False)
+            ok = run([python, "-c", "import sys; assert sys.version_info >= (3, 11); "
+                      "import venv, ensurepip; print(sys.version.split()[0])"], check=False)
+        if ok.returncode != 0:
+            raise BenchError(f"{python} is older than 3.11 or has no venv module")
+    version = ok.stdout.strip()
+    venv = args.workdir / f"mailwright-bench-{Path(python).name}-{version}"
+    if not (venv / "bin" / "python").exists():
+        log(f"making {venv} ({python} {version})")
+        run([python, "-m", "venv", str(venv)], timeout=300)
+    log(f"installing Mailwright into {venv}")
+    run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(REPO / "constraints.txt"),
+         "-e", str(REPO)], timeout=900)
+    # Byte-compile now: the workers would otherwise compile on every start when the
+    # environment sets PYTHONDONTWRITEBYTECODE.
+    run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(REPO / "src")],
+        timeout=300, check=False,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    exe = venv / "bin" / "mailwright"
+    if not exe.exists():
+        raise BenchError(f"{exe} missing after pip install")
+    return exe
+
+
 # --------------------------------------------------------------------------
 # Runs
 
@@ -727,6 +791,7 @@ class Result:
     delivered: int | None
     accounting: str
     loadavg: float = 0.0  # 1-minute load average when the run started (other work)
+    steal: float = 0.0    # % of the machine's CPU time taken by the hypervisor during the run
     interpreter: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -774,6 +839,7 @@ def one_run(server: Server, sessions: int, messages: int, size: int, mode: str,
             timeout: float, drain_timeout: float) -> Result:
     before_delivered = server.delivered()
     load = loadavg()
+    steal0 = cpu_times()
     sampler = Sampler(server.acct)
     cpu0 = server.acct.cpu_ns()
     sampler.start()
@@ -791,6 +857,9 @@ def one_run(server: Server, sessions: int, messages: int, size: int, mode: str,
         wall = time.perf_counter() - t0
         errors.append(f"smtp-source timed out after {timeout}s")
     cpu1 = server.acct.cpu_ns()
+    steal1 = cpu_times()
+    steal = (100.0 * (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
+             if steal1[1] > steal0[1] else 0.0)
     expect = None if before_delivered is None else before_delivered + messages
     drain = wait_drained(server, expect, drain_timeout)
     cpu2 = server.acct.cpu_ns()
@@ -805,8 +874,17 @@ def one_run(server: Server, sessions: int, messages: int, size: int, mode: str,
                   cpu_ms_total=(cpu2 - cpu0) / 1e6 / messages,
                   peak_rss_kb=sampler.peak_rss_kb, peak_pss_kb=sampler.peak_pss_kb,
                   drain_s=drain, delivered=delivered, accounting=server.acct.kind,
-                  loadavg=load,
+                  loadavg=load, steal=steal,
                   interpreter=server.interpreter, errors=errors)
+
+
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        f = [int(x) for x in _read("/proc/stat").splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return (f[7] if len(f) > 7 else 0), sum(f[:8])
 
 
 def loadavg() -> float:
@@ -822,40 +900,56 @@ def median_result(rs: list[Result]) -> Result:
     return rs[len(rs) // 2]
 
 
-def bench_server(make_server, args, plan) -> list[Result]:
-    """Run the plan on servers from `make_server(tag)`: a fresh instance (empty queue and
-    store) for every cell with --fresh (the default), else one instance for all cells."""
-    results: list[Result] = []
+def bench_servers(makers: dict, args, plan, failures: dict[str, str]) -> dict[str, list[Result]]:
+    """Run the plan on every server, interleaved: round r runs each server's cells before
+    round r+1 starts, so a slow spell of the machine (another tenant's load, hypervisor
+    steal, disk writeback) falls on all servers alike instead of on whichever ran then.
+    Each cell's figure is the median of its rounds. `makers[key](tag)` makes a server; with
+    --fresh (the default) every cell of every round gets a fresh instance (empty queue and
+    store), with --no-fresh one instance per server per round runs all cells. A server that
+    fails is reported in `failures` and left out of later rounds."""
     groups = [[cell] for cell in plan] if args.fresh else [plan]
-    for n, cells in enumerate(groups):
-        server = make_server(f"run{n}" if args.fresh else "all")
-        log(f"starting {server.label} on 127.0.0.1:{server.port} "
-            f"(accounting: {server.acct.kind})")
-        server.start()
-        try:
-            if args.warmup:
-                w = one_run(server, min(20, args.warmup), args.warmup, args.size, "new",
-                            args.timeout, args.drain_timeout)
-                log(f"  warm-up: {args.warmup} messages, 20 sessions: {w.rate:.0f} msg/s"
-                    + (f"; problems: {'; '.join(w.errors)}" if w.errors else ""))
-            for sessions, mode in cells:
-                reps = []
-                for _ in range(args.repeat):
-                    r = one_run(server, sessions, args.messages, args.size, mode,
-                                args.timeout, args.drain_timeout)
-                    reps.append(r)
-                    log(f"  {sessions:>2} sessions, {MODE_NAMES[mode]:<27} "
-                        f"{r.rate:8.1f} msg/s  {r.cpu_ms_intake:6.2f} ms CPU/msg "
-                        f"({r.cpu_ms_total:.2f} with drain)  "
-                        f"peak RSS {r.peak_rss_kb / 1024:.1f} MiB  load {r.loadavg:.1f}"
-                        + (f"  PROBLEMS: {'; '.join(r.errors)}" if r.errors else ""))
-                results.append(median_result(reps))
-        finally:
-            log(f"stopping {server.label}")
-            server.stop()
-            if args.fresh and not args.keep:
-                shutil.rmtree(server.work, ignore_errors=True)
-    return results
+    reps: dict[str, dict[tuple, list[Result]]] = {key: {} for key in makers}
+    for rnd in range(args.repeat):
+        if args.repeat > 1:
+            log(f"round {rnd + 1} of {args.repeat}")
+        for key, make_server in makers.items():
+            if key in failures:
+                continue
+            try:
+                for n, cells in enumerate(groups):
+                    run_cells(make_server(f"r{rnd}c{n}"), args, cells, reps[key])
+            except BenchError as exc:
+                failures[key] = str(exc)
+                log(f"{key}: FAILED: {exc}")
+    return {key: [median_result(reps[key][cell]) for cell in plan if reps[key].get(cell)]
+            for key in makers if reps[key]}
+
+
+def run_cells(server: "Server", args, cells, out: dict[tuple, list[Result]]) -> None:
+    log(f"starting {server.label} on 127.0.0.1:{server.port} (accounting: {server.acct.kind})")
+    server.start()
+    try:
+        if args.warmup:
+            w = one_run(server, min(20, args.warmup), args.warmup, args.size, "new",
+                        args.timeout, args.drain_timeout)
+            log(f"  warm-up: {args.warmup} messages, 20 sessions: {w.rate:.0f} msg/s"
+                + (f"; problems: {'; '.join(w.errors)}" if w.errors else ""))
+        for sessions, mode in cells:
+            r = one_run(server, sessions, args.messages, args.size, mode,
+                        args.timeout, args.drain_timeout)
+            out.setdefault((sessions, mode), []).append(r)
+            log(f"  {sessions:>2} sessions, {MODE_NAMES[mode]:<27} "
+                f"{r.rate:8.1f} msg/s  {r.cpu_ms_intake:6.2f} ms CPU/msg "
+                f"({r.cpu_ms_total:.2f} with drain)  "
+                f"peak RSS {r.peak_rss_kb / 1024:.1f} MiB  load {r.loadavg:.1f}  "
+                f"steal {r.steal:.0f}%"
+                + (f"  PROBLEMS: {'; '.join(r.errors)}" if r.errors else ""))
+    finally:
+        log(f"stopping {server.label}")
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(server.work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -878,14 +972,15 @@ def machine_info() -> dict:
 
 
 def fmt_table(results: list[Result]) -> str:
-    hdr = (f"{'server':<20} {'sessions':>8}  {'mode':<27} {'msg/s':>8} {'CPU ms/msg':>10} "
-           f"{'+drain':>7} {'peak RSS':>9} {'peak PSS':>9} {'load':>5}  notes")
+    hdr = (f"{'server':<30} {'sessions':>8}  {'mode':<27} {'msg/s':>8} {'CPU ms/msg':>10} "
+           f"{'+drain':>7} {'peak RSS':>9} {'peak PSS':>9} {'load':>5} {'steal':>5}  notes")
     lines = [hdr, "-" * len(hdr)]
     for r in results:
         notes = "; ".join(r.errors) if r.errors else "ok"
-        lines.append(f"{r.server:<20} {r.sessions:>8}  {MODE_NAMES[r.mode]:<27} {r.rate:>8.1f} "
+        lines.append(f"{r.server:<30} {r.sessions:>8}  {MODE_NAMES[r.mode]:<27} {r.rate:>8.1f} "
                      f"{r.cpu_ms_intake:>10.2f} {r.cpu_ms_total:>7.2f} "
-                     f"{r.peak_rss_kb / 1024:>7.1f}Mi {r.peak_pss_kb / 1024:>7.1f}Mi {r.loadavg:>5.1f}  {notes}")
+                     f"{r.peak_rss_kb / 1024:>7.1f}Mi {r.peak_pss_kb / 1024:>7.1f}Mi "
+                     f"{r.loadavg:>5.1f} {r.steal:>4.0f}%  {notes}")
     return "\n".join(lines)
 
 
@@ -937,7 +1032,13 @@ def parse_args(argv=None):
     ap.add_argument("--mailwright-sync", choices=("auto", "fsync", "syncfs"), default="auto",
                     help="Mailwright's [store] sync_method (default: auto, its default)")
     ap.add_argument("--mailwright", type=Path, default=REPO / ".venv/bin/mailwright",
-                    help="Mailwright console script (default .venv/bin/mailwright)")
+                    help="Mailwright console script for --python venv "
+                         "(default .venv/bin/mailwright)")
+    ap.add_argument("--python", default="system,venv",
+                    help="interpreters to run Mailwright on, one set of rows each: system "
+                         "(the distribution's /usr/bin/python3, in a venv made under "
+                         "--workdir), venv (--mailwright), or a path to a python; "
+                         "default system,venv")
     ap.add_argument("--mailwright-config", type=Path,
                     help="TOML template for Mailwright (placeholders {data_dir} {port} "
                          "{workers} {domain} {work}); default: a generated one")
@@ -1016,47 +1117,45 @@ def main(argv=None) -> int:
     interrupted = False
     dns = loopback_dns.start()     # Mailwright's SPF/DMARC lookups: loopback only
     try:
+        if not (os.path.exists(POSTFIX) and os.path.exists(SMTP_SOURCE)):
+            if args.no_install:
+                raise BenchError(f"{POSTFIX} or {SMTP_SOURCE} missing and --no-install given")
+            ensure_postfix()     # smtp-source comes with it
+        elif "postfix" in servers:
+            stop_system_postfix()
+        makers: dict = {}
         if "postfix" in servers:
-            try:
-                if not args.no_install:
-                    ensure_postfix()
-                elif not os.path.exists(SMTP_SOURCE):
-                    raise BenchError(f"{SMTP_SOURCE} missing and --no-install given")
-                def make_pf(tag):
-                    return PostfixServer(args.postfix_port, work / f"postfix-{tag}",
-                                         args.accounting, args.postfix_delivery)
-                probe = make_pf("x")
-                probe.acct.close()
-                descriptions["postfix"] = probe.describe()
-                all_results["postfix"] = bench_server(make_pf, args, plan)
-            except BenchError as exc:
-                failures["postfix"] = str(exc)
-                log(f"Postfix: FAILED: {exc}")
-        for key in ("mailwright", "mailwright+auth"):
-            if key not in servers:
+            def make_pf(tag):
+                return PostfixServer(args.postfix_port, work / f"postfix-{tag}",
+                                     args.accounting, args.postfix_delivery)
+            makers["postfix"] = make_pf
+        pythons = mailwright_installs(args) if any(
+            s.startswith("mailwright") for s in servers) else []
+        for server_key in ("mailwright", "mailwright+auth"):
+            if server_key not in servers:
                 continue
-            if not os.path.exists(SMTP_SOURCE):
-                if args.no_install:
-                    raise BenchError(f"{SMTP_SOURCE} missing and --no-install given")
-                ensure_postfix()
-            try:
-                def make_mw(tag, key=key):
-                    return MailwrightServer(args.mailwright_port, work / f"{key}-{tag}",
-                                            args.accounting, exe=args.mailwright,
+            # +auth rows run on the first interpreter only: they compare checks, not builds
+            for tag, exe in (pythons if server_key == "mailwright" else pythons[:1]):
+                key = f"{server_key}:{tag}"
+
+                def make_mw(run_tag, key=key, tag=tag, exe=exe, server_key=server_key):
+                    return MailwrightServer(args.mailwright_port, work / f"{key}-{run_tag}",
+                                            args.accounting, exe=exe,
                                             workers=args.workers,
                                             config_template=args.mailwright_config,
                                             delivery=args.postfix_delivery,
                                             sync_method=args.mailwright_sync,
                                             nameserver=dns.nameserver,
-                                            check_loopback=key == "mailwright+auth")
-                probe = make_mw("x")
-                probe.acct.close()
-                descriptions[key] = probe.describe()
-                log(f"Mailwright interpreter: {descriptions[key]['interpreter']}")
-                all_results[key] = bench_server(make_mw, args, plan)
-            except BenchError as exc:
-                failures[key] = str(exc)
-                log(f"{key}: FAILED: {exc}")
+                                            check_loopback=server_key == "mailwright+auth",
+                                            python_tag=tag)
+                makers[key] = make_mw
+        for key, make in makers.items():
+            probe = make("x")
+            probe.acct.close()
+            descriptions[key] = probe.describe()
+            if key != "postfix":
+                log(f"{probe.label}: Python {descriptions[key]['interpreter']}")
+        all_results = bench_servers(makers, args, plan, failures)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted")
@@ -1080,18 +1179,17 @@ def main(argv=None) -> int:
     if results:
         print(fmt_table(results))
         print()
-    for key, title in (("mailwright", "Mailwright (defaults) / Postfix"),
-                       ("mailwright+auth", "Mailwright+auth (SPF/DKIM/ARC/DMARC on every "
-                                           "message; Postfix runs no such checks) / Postfix")):
-        if "postfix" in all_results and key in all_results:
-            print(title)
-            print(fmt_ratios(all_results["postfix"], all_results[key]))
-            print()
-    for key in ("mailwright", "mailwright+auth"):
-        if key in descriptions:
-            print(f"Mailwright's figures were produced by Python "
-                  f"{descriptions[key]['interpreter']}")
-            break
+    for key, rs in all_results.items():
+        if key == "postfix" or "postfix" not in all_results or not rs:
+            continue
+        what = ("SPF/DKIM/ARC/DMARC on every message; Postfix runs no such checks"
+                if key.startswith("mailwright+auth") else "defaults")
+        print(f"{rs[0].server} ({what}) / Postfix")
+        print(fmt_ratios(all_results["postfix"], rs))
+        print()
+    for key, d in descriptions.items():
+        if key != "postfix":
+            print(f"{d['server']}: figures produced by Python {d['interpreter']}")
     for k, v in failures.items():
         print(f"{k}: FAILED: {v.splitlines()[0]}")
     if args.json:
