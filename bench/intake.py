@@ -1083,8 +1083,15 @@ def fs_type(path: Path) -> str:
     return kind
 
 
+def _terminate(signum, frame):
+    # SIGTERM (kill, a CI timeout) ends the run like Ctrl-C: the servers it started are
+    # stopped by the `finally`s on the way out, not left holding the ports.
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     sessions = [int(s) for s in args.sessions.split(",") if s]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
