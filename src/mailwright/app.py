@@ -372,8 +372,12 @@ class Worker:
         await run_heartbeat(store, store.node, float(s.store.heartbeat_interval), info)
 
     async def _prune_trace(self, store, interval: float = 3600.0) -> None:
-        """Drop message-trace records older than ``[trace] retention_days``, hourly."""
+        """Hourly: drop message-trace records older than ``[trace] retention_days``, and
+        the rows of messages completed longer ago than ``[queue]
+        completed_retention_days`` (without it the database grew by every message ever
+        delivered: history, recipients and attempts, forever)."""
         keep = self.settings.trace.retention_days * 86400
+        keep_days = self.settings.queue.completed_retention_days
         while True:
             try:
                 removed = await store.prune_trace(time.time() - keep)
@@ -384,6 +388,16 @@ class Worker:
                 raise
             except Exception:  # noqa: BLE001 - housekeeping never stops the server
                 log.exception("trace pruning failed")
+            if keep_days:
+                try:
+                    removed = await store.prune_completed(time.time() - keep_days * 86400)
+                    if removed:
+                        log.info("queue: pruned %d message(s) completed more than %d days "
+                                 "ago", removed, keep_days)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - housekeeping never stops the server
+                    log.exception("pruning completed messages failed")
             await asyncio.sleep(interval)
 
     async def _expire_quarantine(self, store, interval: float = 3600.0) -> None:

@@ -277,6 +277,39 @@ async def test_a_failing_result_among_concurrent_ones_fails_alone(store):
     assert (await store.get_message(qids[3])).recipients[0].attempts == 0
 
 
+async def test_prune_completed_removes_only_old_completed_messages(store):
+    """Completed messages keep their rows for [queue] completed_retention_days, then go
+    with their recipients and attempts; queued ones and recently completed ones stay."""
+    import time
+    now = time.time()
+    old = [await commit(store, b"old%d" % i) for i in range(3)]
+    recent = await commit(store, b"recent")
+    active = await commit(store, b"active")
+    msgs = {m.queue_id: m for m in await store.claim_due(now + 1, 10, "w", 60)}
+    for qid in old:
+        await store.record_results(qid, [DeliveryResult(msgs[qid].recipients[0].id, True,
+                                                        reply="250 ok")], now - 40 * 86400, None)
+    await store.record_results(recent, [DeliveryResult(msgs[recent].recipients[0].id, True,
+                                                       reply="250 ok")], now + 3600, None)
+    await store.record_results(active, [DeliveryResult(msgs[active].recipients[0].id, False,
+                                                       reply="451 later")], now, now + 600)
+    # received after the horizon: kept, however long ago it says it was completed
+    assert await store.prune_completed(now - 86400) == 0
+    assert all([await store.get_message(q) for q in old])
+    # two messages per transaction: the three old ones take two rounds
+    assert await store.prune_completed(now + 1, batch=2) == 3
+    for qid in old:
+        assert await store.get_message(qid) is None
+        assert await store.list_attempts(qid) == []
+    kept = await store.get_message(recent)
+    assert kept is not None and kept.recipients[0].state is RecipientState.DELIVERED
+    assert len(await store.list_attempts(recent)) == 1
+    still = await store.get_message(active)
+    assert still is not None and still.recipients[0].state is RecipientState.QUEUED
+    assert len(await store.list_attempts(active)) == 1
+    assert await store.prune_completed(now + 1) == 0
+
+
 async def test_temporary_failure_without_next_time_is_due_now(store):
     qid = await commit(store, b"x")
     [m] = await store.claim_due(T0, 10, "w", 60)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from mailwright.queue.model import Envelope, RecipientRequest
+from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest
 from mailwright.store import migrations, queueid
 from mailwright.store.sqlite import SQLiteStore
 
@@ -209,6 +209,15 @@ def test_recover_removes_orphans_and_rows_without_body(store, runner, tmp_path):
         assert await store.get_message(keep) is not None
         assert not (d / orphan_id).exists()
     runner.run(go())
+
+
+def test_queue_id_lower_bound_sorts_below_every_later_id():
+    import time
+    t = time.time()
+    bound = queueid.lower_bound(t)
+    assert queueid.is_valid(bound)
+    assert queueid.new_queue_id(now=t - 1) < bound <= queueid.new_queue_id(now=t + 1)
+    assert abs(queueid.timestamp(bound) - t) < 1e-5
 
 
 def test_queue_ids():

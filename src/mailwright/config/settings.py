@@ -293,6 +293,12 @@ class QueueSettings:
     dsn_max_original_size: int = _key(1048576, conv=_nonneg_int,
                                       doc="A failure DSN returns the original message up to "
                                           "this many bytes, only its headers above it.")
+    completed_retention_days: int = _key(30, conv=_nonneg_int,
+                                         doc="Days a completed message (every recipient "
+                                             "delivered or failed) keeps its envelope, "
+                                             "recipients and delivery attempts for "
+                                             "'mailwright trace' and 'queue list'; then "
+                                             "pruned hourly. 0 = keep them forever.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,10 @@ class Store(Protocol):
         or recipient), the client IP, within [since, until], oldest first."""
     async def prune_trace(self, before: float) -> int:
         """Delete events older than ``before``; returns how many."""
+    async def prune_completed(self, before: float, batch: int = 1000) -> int:
+        """Delete the rows (message, recipients, attempts) of messages received and
+        completed before ``before``, ``batch`` messages per transaction so intake is never
+        held up long; returns how many messages. Their bodies are already gone."""
 
     # --- DMARC aggregate report data (schema 8)
     async def record_dmarc(self, rows: Sequence[tuple[float, str, dict]]) -> None:

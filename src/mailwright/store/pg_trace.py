@@ -24,6 +24,7 @@ import asyncpg
 
 from .base import TraceEvent
 from .pg_conn import exec_count
+from .queueid import lower_bound as queueid_lower_bound
 
 T = TypeVar("T")
 
@@ -98,3 +99,18 @@ class TraceOps:
         """Delete events older than ``before``; returns how many."""
         return await self._txn(lambda c: exec_count(
             c, "DELETE FROM trace_events WHERE at < $1", float(before)))
+
+    async def prune_completed(self, before: float, batch: int = 1000) -> int:
+        """See ``base.Store``: ``batch`` messages per transaction, found by a range of the
+        primary key (queue ids sort by arrival time); recipients and attempts go by
+        ``ON DELETE CASCADE``."""
+        bound = queueid_lower_bound(before)
+        total = 0
+        while True:
+            n = await self._txn(lambda c: exec_count(
+                c, "DELETE FROM messages WHERE queue_id IN (SELECT queue_id FROM messages"
+                   " WHERE queue_id < $1 AND completed_at IS NOT NULL AND completed_at < $2"
+                   " LIMIT $3)", bound, float(before), batch))
+            total += n
+            if n < batch:
+                return total

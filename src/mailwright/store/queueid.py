@@ -66,6 +66,11 @@ def new_queue_id(now: float | None = None) -> str:
     return _encode(us, _TIME_CHARS) + _encode(_random.getrandbits(5 * _RAND_CHARS), _RAND_CHARS)
 
 
+def lower_bound(t: float) -> str:
+    """The smallest id of unix time ``t``: every id made before ``t`` sorts below it."""
+    return _encode(int(t * 1_000_000), _TIME_CHARS) + ALPHABET[0] * _RAND_CHARS
+
+
 def is_valid(queue_id: str) -> bool:
     """True for a well-formed id (safe to use as a file name)."""
     return len(queue_id) == LENGTH and all(c in _VALID for c in queue_id)

@@ -76,7 +76,7 @@ from .base import (
 )
 from .blobs import BlobDir, FileBlobWriter
 from .groupcommit import GroupCommitter, Pending
-from .queueid import new_queue_id
+from .queueid import lower_bound as queueid_lower_bound, new_queue_id
 
 log = logging.getLogger("mailwright.store")
 
@@ -1396,6 +1396,22 @@ class SQLiteStore:
     async def prune_trace(self, before: float) -> int:
         return await self._write(lambda c, rm: c.execute(
             "DELETE FROM trace_events WHERE at < ?", (before,)).rowcount, durable=False)
+
+    async def prune_completed(self, before: float, batch: int = 1000) -> int:
+        """See ``base.Store``. Queue ids sort by arrival time, so the candidates are a range
+        of the primary key (``queue_id < lower_bound(before)``), not a scan of the whole
+        history; recipients and attempts go by ``ON DELETE CASCADE``. Not flushed: a
+        deletion lost to a crash is simply done again at the next pass."""
+        bound = queueid_lower_bound(before)
+        total = 0
+        while True:
+            n = await self._write(lambda c, rm: c.execute(
+                "DELETE FROM messages WHERE queue_id IN (SELECT queue_id FROM messages"
+                " WHERE queue_id < ? AND completed_at IS NOT NULL AND completed_at < ?"
+                " LIMIT ?)", (bound, before, batch)).rowcount, durable=False)
+            total += n
+            if n < batch:
+                return total
 
     # ------------------------------------------------------------------ DMARC reports
 
