@@ -469,9 +469,17 @@ class SQLiteStore:
         def fn(c: sqlite3.Connection) -> tuple[int, int, list[str]]:
             active = dict(c.execute(
                 "SELECT blob, queue_id FROM messages WHERE completed_at IS NULL"))
-            completed = {r[0] for r in c.execute(
-                "SELECT blob FROM messages WHERE completed_at IS NOT NULL")}
             files = dict(self.blobs.list_final())
+            # Of the files no queued message owns, those of completed messages (a crash
+            # between the result and the unlink): looked up by queue id (the file's name),
+            # so a start reads the files on disk, not the whole retained history.
+            others = [rel.rpartition("/")[2] for rel in files if rel not in active]
+            completed: set[str] = set()
+            for i in range(0, len(others), _CHUNK):
+                part = others[i:i + _CHUNK]
+                completed.update(r[0] for r in c.execute(
+                    f"SELECT blob FROM messages WHERE queue_id IN ({','.join('?' * len(part))})"
+                    " AND completed_at IS NOT NULL", part))
             missing = [qid for rel, qid in active.items() if rel not in files]
             if exclusive:
                 missing += self._torn_bodies(c, files)
