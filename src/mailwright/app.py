@@ -111,6 +111,10 @@ def primary_domain(settings: Settings) -> str:
     return settings.hostname if settings.hostname in domains else domains[0]
 
 
+async def _no_problems() -> list[str]:
+    return []
+
+
 async def prepare(settings: Settings) -> None:
     """Everything that must happen once before any listener accepts mail."""
     paths = settings.paths
@@ -126,6 +130,8 @@ async def prepare(settings: Settings) -> None:
         removed = await store.recover()
         if removed:
             log.warning("crash recovery removed %s half-written item(s)", removed)
+        for problem in await getattr(store, "maintenance_problems", _no_problems)():
+            log.warning("store: %s", problem)
         existing = set(await store.list_domains())
         for domain in settings.local_domains or ():
             if domain.lower() not in existing:

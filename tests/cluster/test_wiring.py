@@ -253,3 +253,35 @@ def test_manager_woken_by_another_nodes_commit_and_renews_its_leases(tmp_path, p
             await a.close()
     woke_after = asyncio.run(run())
     assert woke_after < 3
+
+
+def test_start_warns_when_postgresql_runs_without_autovacuum(tmp_path, caplog):
+    """The queue tables are updated and deleted all day; without autovacuum their
+    statistics go stale and the planner scans the whole history. The server says so at
+    start, exactly when the PostgreSQL server has it off."""
+    import logging
+    import os
+
+    import asyncpg
+
+    from cluster.pgtools import drop_schema
+    from mailwright.app import prepare
+
+    async def autovacuum() -> str:
+        conn = await asyncpg.connect(PG_DSN, timeout=30)
+        try:
+            return await conn.fetchval("SHOW autovacuum")
+        finally:
+            await conn.close()
+
+    schema = "mw_av_" + os.urandom(4).hex()
+    settings = parse_settings({"data_dir": str(tmp_path), "store": {
+        "backend": "postgres", "dsn": PG_DSN, "schema": schema}}, env={})
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailwright.server"):
+            asyncio.run(prepare(settings))
+        warned = [r.getMessage() for r in caplog.records if "autovacuum" in r.getMessage()]
+        assert bool(warned) == (asyncio.run(autovacuum()) != "on")
+        assert all(schema in w for w in warned)
+    finally:
+        asyncio.run(drop_schema(schema))

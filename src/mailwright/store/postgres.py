@@ -276,6 +276,20 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
             await self.close()
             raise
 
+    async def maintenance_problems(self) -> list[str]:
+        """What in the server's configuration will slow this store down over time, for a
+        warning at start. The queue tables are updated and deleted all day: without
+        autovacuum their dead rows are never reclaimed and their statistics never
+        refreshed, so the planner picks sequential scans over the whole (growing)
+        history (seen here: the DSN scan read every recipient row)."""
+        problems = []
+        if await self._one(lambda c: c.fetchval("SHOW autovacuum")) != "on":
+            problems.append("autovacuum is off on the PostgreSQL server: dead rows of the "
+                            "queue tables are never reclaimed and their statistics go stale; "
+                            "turn it on (the default) or VACUUM ANALYZE the schema "
+                            f"{self.schema!r} regularly")
+        return problems
+
     async def close(self) -> None:
         if self._committer is not None:
             await self._committer.close()
