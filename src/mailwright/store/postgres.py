@@ -140,6 +140,14 @@ _REFRESH_DUE = (
     "UPDATE messages m SET next_due = (SELECT min(r.next_attempt_at) FROM recipients r"
     " WHERE r.queue_id = m.queue_id AND r.state = 'queued')"
     " WHERE m.queue_id = ANY($1::text[])")
+# record_results: the lease given back, the next due time, and completion ($2) at $3.
+_RESULT_UPDATE = (
+    "UPDATE messages m SET lease_owner = NULL, lease_node = NULL, lease_until = NULL,"
+    " next_due = CASE WHEN $2 THEN NULL ELSE (SELECT min(r.next_attempt_at)"
+    " FROM recipients r WHERE r.queue_id = m.queue_id AND r.state = 'queued') END,"
+    " completed_at = CASE WHEN $2 THEN COALESCE(m.completed_at, $3) ELSE m.completed_at END"
+    " WHERE m.queue_id = $1")
+_FINAL_VALUES = frozenset(st.value for st in FINAL_STATES)
 
 
 class _StaleDsn(StoreError):
@@ -640,11 +648,17 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
         check_dsn_actions(owed.values())
 
         async def fn(c: asyncpg.Connection) -> bool:
-            if await c.fetchval("SELECT 1 FROM messages WHERE queue_id = $1 FOR UPDATE",
-                                queue_id) is None:
+            # The message row locked and its recipients read in one round trip.
+            rows = await c.fetch(
+                "SELECT r.id, r.state, r.dsn_pending FROM messages m"
+                " JOIN recipients r ON r.queue_id = m.queue_id"
+                " WHERE m.queue_id = $1 FOR UPDATE OF m", queue_id)
+            if not rows and await c.fetchval(
+                    "SELECT 1 FROM messages WHERE queue_id = $1 FOR UPDATE",
+                    queue_id) is None:
                 raise NotFoundError(f"no message {queue_id}")
-            states = {r[0]: r[1] for r in await c.fetch(
-                "SELECT id, state FROM recipients WHERE queue_id = $1", queue_id)}
+            states = {r[0]: r[1] for r in rows}
+            pending = {r[0]: r[2] for r in rows}
             final: list[tuple] = []
             temp: list[tuple] = []
             flags: list[tuple] = []
@@ -668,6 +682,7 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
                 action = owed.get(res.recipient_id)
                 if action is not None:
                     flags.append((action, action == "delayed", res.recipient_id))
+                    pending[res.recipient_id] = action
             if final:
                 await c.executemany(
                     "UPDATE recipients SET state = $1, attempts = attempts + 1,"
@@ -686,10 +701,16 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
                 await c.executemany(
                     "INSERT INTO attempts (recipient_id, at, ok, permanent, reply, remote_mta)"
                     " VALUES ($1, $2, $3, $4, $5, $6)", history)
-            await c.execute("UPDATE messages SET lease_owner = NULL, lease_node = NULL,"
-                            " lease_until = NULL WHERE queue_id = $1", queue_id)
-            await c.execute(_REFRESH_DUE, [queue_id])
-            return await self._complete_if_done(c, queue_id, now)
+            # Complete when every recipient is final and no DSN is owed (the DSN needs
+            # the body): _complete_if_done's test, on the states in hand. The lease, the
+            # next due time and the completion go in ONE update of the message row (each
+            # update of it rewrites every index: none of them is HOT).
+            done = all(st in _FINAL_VALUES and pending[rid] is None
+                       for rid, st in states.items())
+            await c.execute(_RESULT_UPDATE, queue_id, done, now)
+            if done:
+                await c.execute("DELETE FROM bodies WHERE queue_id = $1", queue_id)
+            return done
 
         if await self._txn(fn):
             self.blobs.remove(queue_id)
