@@ -111,10 +111,6 @@ def primary_domain(settings: Settings) -> str:
     return settings.hostname if settings.hostname in domains else domains[0]
 
 
-async def _no_problems() -> list[str]:
-    return []
-
-
 async def prepare(settings: Settings) -> None:
     """Everything that must happen once before any listener accepts mail."""
     paths = settings.paths
@@ -130,7 +126,7 @@ async def prepare(settings: Settings) -> None:
         removed = await store.recover()
         if removed:
             log.warning("crash recovery removed %s half-written item(s)", removed)
-        for problem in await getattr(store, "maintenance_problems", _no_problems)():
+        for problem in await store.maintenance_problems():
             log.warning("store: %s", problem)
         existing = set(await store.list_domains())
         for domain in settings.local_domains or ():
@@ -236,7 +232,7 @@ class Worker:
             if wake_sock is not None:
                 loop.add_reader(wake_sock.fileno(), self._drain_socket, wake_sock, manager)
             tasks.append(loop.create_task(self._supervise_workers()))
-            tasks.append(loop.create_task(self._prune_trace(store)))
+            tasks.append(loop.create_task(self._prune_history(store)))
             if settings.antiabuse.quarantine_retention_days:
                 tasks.append(loop.create_task(self._expire_quarantine(store)))
             if hasattr(store, "heartbeat"):         # cluster store: cluster/heartbeat.py
@@ -377,7 +373,7 @@ class Worker:
                                   for spec, sock in self.sockets]}
         await run_heartbeat(store, store.node, float(s.store.heartbeat_interval), info)
 
-    async def _prune_trace(self, store, interval: float = 3600.0) -> None:
+    async def _prune_history(self, store, interval: float = 3600.0) -> None:
         """Hourly: drop message-trace records older than ``[trace] retention_days``, and
         the rows of messages completed longer ago than ``[queue]
         completed_retention_days`` (without it the database grew by every message ever

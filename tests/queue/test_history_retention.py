@@ -49,7 +49,7 @@ async def _run_housekeeping(tmp_path, days: int) -> tuple[bool, bool]:
         old = await _completed_message(store, time.time() - 3 * 86400)
         fresh = await _completed_message(store, time.time())
         worker = types.SimpleNamespace(settings=settings)
-        task = asyncio.ensure_future(Worker._prune_trace(worker, store, interval=3600))
+        task = asyncio.ensure_future(Worker._prune_history(worker, store, interval=3600))
         try:
             for _ in range(100):                   # the first pass runs at once
                 if await store.get_message(old) is None:

@@ -16,6 +16,14 @@ class RecipientState(str, enum.Enum):
 
 
 FINAL_STATES = frozenset({RecipientState.DELIVERED, RecipientState.FAILED})
+_FINAL_VALUES = frozenset(st.value for st in FINAL_STATES)
+
+
+def is_complete(states: dict[int, str], dsn_pending: dict[int, str | None]) -> bool:
+    """A message is complete (its body may go) when every recipient is final and none is
+    owed a DSN, which needs the body. ``states``/``dsn_pending``: recipient id → stored
+    state value / owed DSN action, as a store reads and updates them in one transaction."""
+    return all(st in _FINAL_VALUES and dsn_pending[rid] is None for rid, st in states.items())
 
 # RFC 3464 §2.3.3 Action values a DSN can be owed for (QueuedRecipient.dsn_pending).
 DSN_ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})

@@ -144,6 +144,9 @@ class Store(Protocol):
         or recipient), the client IP, within [since, until], oldest first."""
     async def prune_trace(self, before: float) -> int:
         """Delete events older than ``before``; returns how many."""
+    async def maintenance_problems(self) -> list[str]:
+        """What in the database server's set-up will slow this store down over time (e.g.
+        PostgreSQL without autovacuum), one sentence each, for a warning at start."""
     async def prune_completed(self, before: float, batch: int = 1000) -> int:
         """Delete the rows (message, recipients, attempts) of messages received and
         completed before ``before``, ``batch`` messages per transaction so intake is never

@@ -80,8 +80,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, T
 import asyncpg
 
 from ..queue.model import (
-    check_dsn_actions, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
-    RecipientRequest, RecipientState,
+    check_dsn_actions, is_complete, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage,
+    QueuedRecipient, RecipientRequest, RecipientState,
 )
 from . import pg_schema
 from .base import (
@@ -147,7 +147,6 @@ _RESULT_UPDATE = (
     " FROM recipients r WHERE r.queue_id = m.queue_id AND r.state = 'queued') END,"
     " completed_at = CASE WHEN $2 THEN COALESCE(m.completed_at, $3) ELSE m.completed_at END"
     " WHERE m.queue_id = $1")
-_FINAL_VALUES = frozenset(st.value for st in FINAL_STATES)
 
 
 class _StaleDsn(StoreError):
@@ -701,12 +700,10 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
                 await c.executemany(
                     "INSERT INTO attempts (recipient_id, at, ok, permanent, reply, remote_mta)"
                     " VALUES ($1, $2, $3, $4, $5, $6)", history)
-            # Complete when every recipient is final and no DSN is owed (the DSN needs
-            # the body): _complete_if_done's test, on the states in hand. The lease, the
-            # next due time and the completion go in ONE update of the message row (each
-            # update of it rewrites every index: none of them is HOT).
-            done = all(st in _FINAL_VALUES and pending[rid] is None
-                       for rid, st in states.items())
+            # _complete_if_done's test, on the states in hand. The lease, the next due
+            # time and the completion go in ONE update of the message row (each update of
+            # it rewrites every index: none of them is HOT).
+            done = is_complete(states, pending)
             await c.execute(_RESULT_UPDATE, queue_id, done, now)
             if done:
                 await c.execute("DELETE FROM bodies WHERE queue_id = $1", queue_id)

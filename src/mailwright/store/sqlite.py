@@ -66,8 +66,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..fsutil import unlink_quiet
 from ..queue.model import (
-    check_dsn_actions, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage, QueuedRecipient,
-    RecipientRequest, RecipientState,
+    check_dsn_actions, is_complete, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage,
+    QueuedRecipient, RecipientRequest, RecipientState,
 )
 from . import migrations
 from .base import (
@@ -82,12 +82,12 @@ log = logging.getLogger("mailwright.store")
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _FINAL_SQL = "('delivered', 'failed')"
-_FINAL_VALUES = frozenset(st.value for st in FINAL_STATES)
+_CHUNK = 500
 
 
 class _Redo(Exception):
     """A job failed in _run_txns' optimistic pass: roll back, run again isolated."""
-_CHUNK = 500
+
 
 _MSG_COLS = ("queue_id, sender, received_at, client_ip, client_port, client_name, helo, "
              "protocol, tls, auth_user, body_type, smtputf8, ret, envid, size, listener, "
@@ -743,7 +743,7 @@ class SQLiteStore:
 
         def fn(c: sqlite3.Connection, remove: list[str]) -> None:
             # One read for the message and all its recipients, then only the writes: the
-            # completion test below is _complete_if_done's, on the states in hand.
+            # completion test is _complete_if_done's, on the states in hand (is_complete).
             rows = c.execute("SELECT m.blob, r.id, r.state, r.dsn_pending FROM messages m"
                              " JOIN recipients r ON r.queue_id = m.queue_id"
                              " WHERE m.queue_id = ?", (queue_id,)).fetchall()
@@ -764,7 +764,7 @@ class SQLiteStore:
                     raise NotFoundError(f"recipient {res.recipient_id} is not part of {queue_id}")
                 history.append((res.recipient_id, now, int(res.ok), int(res.permanent), res.reply,
                                 res.remote_mta))
-                if state in _FINAL_VALUES:
+                if RecipientState(state) in FINAL_STATES:
                     continue
                 if res.ok or res.permanent:
                     new = RecipientState.DELIVERED if res.ok else RecipientState.FAILED
@@ -788,18 +788,13 @@ class SQLiteStore:
                     pending[res.recipient_id] = action
             c.executemany("INSERT INTO attempts (recipient_id, at, ok, permanent, reply,"
                           " remote_mta) VALUES (?, ?, ?, ?, ?, ?)", history)
-            # Complete when every recipient is final and no DSN is owed (the DSN needs
-            # the body): then the lease goes and completed_at is set in one statement.
-            done = all(st in _FINAL_VALUES and pending[rid] is None
-                       for rid, st in states.items())
+            # The lease given back and, when complete, completed_at: one statement.
+            done = is_complete(states, pending)
+            c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL,"
+                      " completed_at = CASE WHEN ? THEN COALESCE(completed_at, ?)"
+                      " ELSE completed_at END WHERE queue_id = ?", (done, now, queue_id))
             if done:
-                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL,"
-                          " completed_at = COALESCE(completed_at, ?) WHERE queue_id = ?",
-                          (now, queue_id))
                 remove.append(blob)
-            else:
-                c.execute("UPDATE messages SET lease_owner = NULL, lease_expires = NULL"
-                          " WHERE queue_id = ?", (queue_id,))
         await self._write(fn)
 
     @staticmethod
@@ -1404,6 +1399,11 @@ class SQLiteStore:
     async def prune_trace(self, before: float) -> int:
         return await self._write(lambda c, rm: c.execute(
             "DELETE FROM trace_events WHERE at < ?", (before,)).rowcount, durable=False)
+
+    async def maintenance_problems(self) -> list[str]:
+        """See ``base.Store``: SQLite needs no upkeep of its own (deleted rows' pages are
+        reused; statistics are not used to choose the queue's indexes)."""
+        return []
 
     async def prune_completed(self, before: float, batch: int = 1000) -> int:
         """See ``base.Store``. Queue ids sort by arrival time, so the candidates are a range
