@@ -718,7 +718,7 @@ def mailwright_installs(args) -> list[tuple[str, Path]]:
     "venv": the project's own install (--mailwright, default .venv/bin/mailwright).
     "system": the distribution's /usr/bin/python3 (Debian builds it with profile-guided
     optimisation and LTO; a plain ./configure build, as pyenv makes, ran Mailwright about
-    10-20% slower here), in a venv this script makes under --workdir. Any other value is
+    a tenth slower here), in a venv this script makes under --workdir. Any other value is
     the path of a Python >= 3.11 to do the same with."""
     out = []
     for choice in [c.strip() for c in args.python.split(",") if c.strip()]:
@@ -741,16 +741,19 @@ def venv_for(python: str, args) -> Path:
     kept under --workdir and brought up to date on every run."""
     if not os.path.exists(python):
         raise BenchError(f"{python} not found")
-    ok = run([python, "-c", "import sys; assert sys.version_info >= (3, 11); "
-              "import venv, ensurepip; print(sys.version.split()[0])"], check=False)
+
+    def probe() -> subprocess.CompletedProcess:   # >= 3.11 with venv + ensurepip: version
+        return run([python, "-c", "import sys; assert sys.version_info >= (3, 11); "
+                    "import venv, ensurepip; print(sys.version.split()[0])"], check=False)
+
+    ok = probe()
     if ok.returncode != 0:
         if python.startswith("/usr/bin/") and not args.no_install and os.geteuid() == 0:
             log(f"installing python3-venv from Debian's packages for {python}")
             env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
             run(["apt-get", "install", "-y", "-q", "python3-venv"], timeout=900, env=env,
                 check=False)
-            ok = run([python, "-c", "import sys; assert sys.version_info >= (3, 11); "
-                      "import venv, ensurepip; print(sys.version.split()[0])"], check=False)
+            ok = probe()
         if ok.returncode != 0:
             raise BenchError(f"{python} is older than 3.11 or has no venv module")
     version = ok.stdout.strip()
