@@ -16,6 +16,7 @@ from mailwright.cli import main as cli_main
 from mailwright.config import load_settings
 from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest
 from mailwright.store.base import NotFoundError, QueueFilter
+from store.bodies import has_body
 
 HOUR = 3600.0
 
@@ -192,7 +193,9 @@ def test_bounce_respects_notify_and_null_sender(run, config):
     assert with_store(config, pending) == [qid]
     null = json.loads(run("queue", "show", null_qid, "--json").out)
     assert null["recipients"][0]["dsn_pending"] is None
-    assert not Path(null["blob_path"]).exists()
+    gone = run("queue", "show", null_qid, "--body")
+    assert gone.rc == 1 and "has no body any more" in gone.err
+    assert run("queue", "show", qid, "--body").out.startswith("From: a@sender.test\r\n")
 
 
 def test_in_flight_claim_cannot_resurrect_or_contradict(config):
@@ -210,7 +213,7 @@ def test_in_flight_claim_cannot_resurrect_or_contradict(config):
             await store.record_results(gone, [DeliveryResult(rid, ok=True, reply="250 ok")],
                                        time.time(), None)
         assert await store.get_message(gone) is None
-        assert not Path(claimed[gone].blob_path).exists()
+        assert not has_body(store, claimed[gone])
         # bounce while in flight: skipped, so the delivery's result is the truth
         out = await ops.act("bounce", QueueFilter(queue_ids=(busy,)))
         assert out.skipped == [busy] and out.recipients == 0
@@ -297,10 +300,9 @@ def test_queue_control_on_a_running_server(tmp_path):
             return json.loads(srv.cli("queue", "list", "--json", *args).stdout)
 
         def subject_of(m: dict) -> str:
-            body = Path(m["blob_path"])
-            found = re.search(rb"\r\nSubject: (.*?)\r\n", body.read_bytes()) \
-                if body.exists() else None
-            return found.group(1).decode() if found else ""
+            shown = srv.cli("queue", "show", m["queue_id"], "--body", check=False)
+            found = re.search(r"\nSubject: (.*?)\r?\n", shown.stdout)   # text mode: \n
+            return found.group(1) if found else ""
 
         def delivered(subject: str) -> bool:
             return any(f"Subject: {subject}".encode() in t.body for t in sink.transactions)

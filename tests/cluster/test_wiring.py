@@ -170,9 +170,9 @@ def test_agent_is_idempotent_and_honours_the_quota(tmp_path, pg_schema):
             [m] = await store.claim_due(time.time() + 1, 10, "w", 30)
             task = DeliveryTask(m, m.recipients[0], Route("maildir", "bob@example.test",
                                                           mailbox="bob@example.test"))
-            path = await store.fetch_body_path(m)
-            first = await agent.deliver(m, path, [task])
-            again = await agent.deliver(m, path, [task])     # a retry after a crash
+            body = await store.fetch_body(m)
+            first = await agent.deliver(m, body, [task])
+            again = await agent.deliver(m, body, [task])     # a retry after a crash
             assert [r.reply for r in first + again] == [OK_REPLY, ALREADY_REPLY]
             assert len(await store.mailbox_list("bob@example.test")) == 1
             await store.record_results(qid, first, time.time(), None)
@@ -184,14 +184,14 @@ def test_agent_is_idempotent_and_honours_the_quota(tmp_path, pg_schema):
                 await _commit(store, "bob@example.test", f"more{i}")
                 [m] = await store.claim_due(time.time() + 1, 10, "w", 30)
                 t = DeliveryTask(m, m.recipients[0], Route("maildir", "bob@example.test"))
-                [r] = await agent.deliver(m, await store.fetch_body_path(m), [t])
+                [r] = await agent.deliver(m, await store.fetch_body(m), [t])
                 outs.append((r.ok, r.permanent, r.reply))
                 await store.record_results(m.queue_id, [r], time.time(), time.time() + 999)
             assert outs == [(True, False, OK_REPLY), (False, False, FULL_REPLY)]
             gone = await _commit(store, "bob@example.test", "gone")
             await store.remove_mailbox("bob@example.test")
             [m] = await store.claim_due(time.time() + 1, 10, "w", 30)
-            [r] = await agent.deliver(m, await store.fetch_body_path(m), [DeliveryTask(
+            [r] = await agent.deliver(m, await store.fetch_body(m), [DeliveryTask(
                 m, m.recipients[0], Route("maildir", "bob@example.test"))])
             assert (m.queue_id, r.ok, r.permanent) == (gone, False, True)
         finally:

@@ -8,7 +8,9 @@ import pytest
 
 from mailwright.delivery import maildir as maildir_mod
 from mailwright.delivery.base import DeliveryTask
+from mailwright.queue.body import MessageBody
 from mailwright.delivery.maildir import MaildirAgent, maildir_size
+from mailwright.message.headers import quarantine_field
 from mailwright.message.trace import local_delivery_headers
 from mailwright.queue.model import (
     Envelope, QueuedMessage, QueuedRecipient, RecipientRequest, RecipientState,
@@ -50,8 +52,11 @@ def tasks_for(msg, mailbox="bob@example.org", folder=""):
             for r in msg.recipients]
 
 
-def deliver(agent, msg, body_path, tasks):
-    return asyncio.run(agent.deliver(msg, body_path, tasks))
+def deliver(agent, msg, body, tasks):
+    """``body``: a path (the body in a file, as make_message wrote it) or a MessageBody."""
+    if not isinstance(body, MessageBody):
+        body = MessageBody.in_file(body)
+    return asyncio.run(agent.deliver(msg, body, tasks))
 
 
 def files(d):
@@ -87,6 +92,26 @@ def test_first_delivery_creates_maildir_and_writes_exact_bytes(tmp_path, root):
     assert data == headers + BODY
     assert data.startswith(b"Return-Path: <alice@example.com>\r\nDelivered-To: bob@example.org\r\n"
                            b"Received: from mail.example.com")
+
+
+def test_body_in_memory_is_written_byte_identical(tmp_path, root):
+    """A body the store kept inline arrives in memory (no file to read): the copy is the
+    same octets, its size in the name right, and a quarantine mark is still found."""
+    msg, _ = make_message(tmp_path, body=BODY)
+    [res] = deliver(MaildirAgent(root, HOST), msg, MessageBody.in_memory(BODY), tasks_for(msg))
+    assert res.ok
+    new = os.path.join(root, "example.org", "bob", "new")
+    [name] = files(new)
+    data = open(os.path.join(new, name), "rb").read()
+    headers = local_delivery_headers(msg.envelope, queue_id=msg.queue_id, hostname=HOST,
+                                     recipient="bob@example.org",
+                                     delivered_to="bob@example.org")
+    assert data == headers + BODY and name.endswith(f",S={len(data)}")
+    marked = quarantine_field("dmarc=fail (p=quarantine)") + BODY
+    other, _ = make_message(tmp_path, body=marked, queue_id="5A")
+    [res] = deliver(MaildirAgent(root, HOST), other, MessageBody.in_memory(marked),
+                    tasks_for(other))
+    assert res.ok and len(files(os.path.join(root, "example.org", "bob", ".Junk", "new"))) == 1
 
 
 def test_large_body_is_streamed_byte_identical(tmp_path, root):

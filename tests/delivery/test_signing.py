@@ -7,6 +7,7 @@ import logging
 
 from mailwright.config.mailauth import AuthSettings
 from mailwright.delivery.signing import OutboundSigner
+from mailwright.queue.body import MessageBody
 from mailwright.mailauth.dkim_keys import generate_key
 from mailwright.queue.model import (
     Envelope, QueuedMessage, QueuedRecipient, RecipientRequest, RecipientState,
@@ -43,7 +44,7 @@ def test_without_any_key_the_message_is_not_read(tmp_path, caplog):
         signer = OutboundSigner(store, AuthSettings(), primary_domain="signer.example",
                                 authserv_id="mx.signer.example")
         missing = str(tmp_path / "no-such-body")
-        return await signer(_message(missing), missing)
+        return await signer(_message(missing), MessageBody.in_file(missing))
     with caplog.at_level(logging.ERROR):
         assert asyncio.run(_with_store(tmp_path, main)) == b""
     assert "signing failed" not in caplog.text
@@ -58,7 +59,7 @@ def test_key_of_another_domain_reads_and_leaves_unsigned(tmp_path):
                                          generate_key("rsa").decode(), 1.0, True))
         signer = OutboundSigner(store, AuthSettings(), primary_domain="signer.example",
                                 authserv_id="mx.signer.example")
-        return await signer(_message(str(path)), str(path))
+        return await signer(_message(str(path)), MessageBody.in_file(path))
     assert asyncio.run(_with_store(tmp_path, main)) == b""
 
 
@@ -71,7 +72,7 @@ def test_key_of_the_from_domain_signs(tmp_path):
                                          generate_key("ed25519").decode(), 1.0, True))
         signer = OutboundSigner(store, AuthSettings(), primary_domain="signer.example",
                                 authserv_id="mx.signer.example")
-        return await signer(_message(str(path)), str(path))
+        return await signer(_message(str(path)), MessageBody.in_file(path))
     added = asyncio.run(_with_store(tmp_path, main))
     assert added.startswith(b"DKIM-Signature:") and b"d=signer.example" in added
     assert b"s=s1" in added

@@ -9,6 +9,7 @@ from mailwright.config.outbound import OutboundSettings, parse_outbound
 from mailwright.delivery.base import DeliveryTask
 from mailwright.delivery.smtp import SmtpAgent
 from mailwright.net.tls import make_self_signed
+from mailwright.queue.body import MessageBody
 from mailwright.queue.model import (
     Envelope, QueuedMessage, QueuedRecipient, RecipientRequest, RecipientState,
 )
@@ -30,7 +31,7 @@ def make_message(tmp_path: Path, rcpts=("b@example.test",), body: bytes = BODY,
     recipients = [QueuedRecipient(id=i + 1, queue_id=queue_id, address=a, notify=None,
                                   orcpt=None, state=RecipientState.QUEUED)
                   for i, a in enumerate(rcpts)]
-    return QueuedMessage(queue_id, envelope, str(path), recipients), str(path)
+    return QueuedMessage(queue_id, envelope, str(path), recipients), MessageBody.in_file(path)
 
 
 def tasks_for(msg: QueuedMessage, next_hop: str = "") -> list[DeliveryTask]:

@@ -14,6 +14,7 @@ from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest, R
 from mailwright.queue.retry import DAY, HOUR, RetrySchedule
 from mailwright.routing.route import Route
 from mailwright.store.sqlite import SQLiteStore
+from store.bodies import has_body
 
 T0 = 1_700_000_000.0
 BODY = (b"From: alice@example.org\r\nTo: x@example.net\r\nSubject: report\r\n"
@@ -177,11 +178,11 @@ async def test_permanent_failure_bounces_to_local_sender_maildir(env):
 async def test_body_is_kept_until_the_dsn_is_committed(env):
     env.router.overrides["bob@example.org"] = Route("reject", "bob@example.org")
     qid = await env.commit("bob@example.org")
-    path = (await env.store.get_message(qid)).blob_path
+    msg = await env.store.get_message(qid)
     m = env.manager()
     m.send_dsns = lambda: asyncio.sleep(0, 0)     # simulate a crash before the DSN step
     await m.run_once()
-    assert os.path.exists(path)
+    assert has_body(env.store, msg)
     [pending] = await env.store.pending_dsns()
     assert pending.queue_id == qid and pending.recipients[0].dsn_pending == "failed"
     assert [x.queue_id for x in await env.queued()] == [qid]  # not complete yet
@@ -189,7 +190,7 @@ async def test_body_is_kept_until_the_dsn_is_committed(env):
     m2 = env.manager()
     assert await m2.send_dsns() == 1
     assert await m2.send_dsns() == 0
-    assert not os.path.exists(path)
+    assert not has_body(env.store, msg)
     assert await env.store.pending_dsns() == []
     assert len(await env.dsn_messages()) == 1
 

@@ -3,12 +3,13 @@ import asyncio
 import os
 import random
 import time
+import sqlite3
 
 import pytest
 
 from mailwright.delivery.discard import DiscardAgent
 from mailwright.delivery.maildir import MaildirAgent
-from mailwright.queue.manager import QueueManager
+from mailwright.queue.manager import BODY_ERROR_REPLY, QueueManager
 from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest, RecipientState
 from mailwright.queue.retry import DAY, RetrySchedule
 from mailwright.routing.route import Route
@@ -115,6 +116,24 @@ async def test_commit_then_deliver_to_maildir(env):
     assert f" id {qid}".encode() in data
     assert await m.run_once() == 0              # nothing left to do
     assert await env.store.next_due_time() is None
+
+
+@run
+async def test_a_body_the_store_cannot_give_defers_the_recipients(env):
+    """Kept inline (the default for a small body), the body comes with the claim; when
+    the store has lost it (here: its row removed behind the store's back) nothing is
+    delivered and the recipients are deferred with a reply that says why."""
+    qid = await env.commit("bob@example.org")
+    assert (await env.store.get_message(qid)).blob_path == ""     # inline
+    conn = sqlite3.connect(env.store.path)
+    with conn:
+        assert conn.execute("DELETE FROM bodies WHERE queue_id = ?", (qid,)).rowcount == 1
+    conn.close()
+    m = env.manager()
+    assert await m.run_once() == 1
+    state, attempts, reply = (await env.states(qid))["bob@example.org"]
+    assert (state, attempts, reply) == (RecipientState.QUEUED, 1, BODY_ERROR_REPLY)
+    assert env.delivered("bob@example.org") == []
 
 
 @run
@@ -409,7 +428,7 @@ async def test_crash_after_maildir_link_does_not_duplicate(env):
     msg = (await env.store.claim_due(env.clock(), 10, "crashed-worker", 60))[0]
     from mailwright.delivery.base import DeliveryTask
     tasks = [DeliveryTask(msg, msg.recipients[0], env.router.route("bob@example.org"))]
-    [res] = await env.maildir.deliver(msg, env.store.body_path(msg), tasks)
+    [res] = await env.maildir.deliver(msg, await env.store.fetch_body(msg), tasks)
     assert res.ok
     # ... process dies here; results never recorded. The lease holds until it expires:
     m = env.manager()

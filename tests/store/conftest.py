@@ -20,7 +20,9 @@ import pytest
 
 from mailwright.store import open_store
 
-BACKENDS = ["sqlite", "postgres"]
+# "sqlite" as configured by default (small bodies inline in the database); "sqlite-files"
+# with inline_body_max = 0 (every body a file under blob_dir).
+BACKENDS = ["sqlite", "sqlite-files", "postgres"]
 
 PG_DSN = os.environ.get("MAILWRIGHT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -71,8 +73,9 @@ def pg_node():
 
 
 def _make(backend: str, root, request):
-    if backend == "sqlite":
-        return open_store("sqlite", path=str(root / "queue.db"), blob_dir=str(root / "blobs"))
+    if backend in ("sqlite", "sqlite-files"):
+        return open_store("sqlite", path=str(root / "queue.db"), blob_dir=str(root / "blobs"),
+                          inline_body_max=0 if backend == "sqlite-files" else 65536)
     if backend == "postgres":
         # every store of one test: the same schema, node and cache directory (the
         # processes of one node); test_postgres.py adds stores with others
@@ -89,7 +92,7 @@ def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
     module = metafunc.module.__name__.rpartition(".")[2]
-    only = [b for b in BACKENDS if module.startswith(f"test_{b}")]
+    only = [b for b in BACKENDS if module.startswith(f"test_{b.partition('-')[0]}")]
     metafunc.parametrize("backend", only or BACKENDS, indirect=True)
 
 

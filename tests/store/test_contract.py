@@ -10,6 +10,7 @@ from mailwright.queue.model import (
     DeliveryResult, Envelope, RecipientRequest, RecipientState,
 )
 from mailwright.store import DuplicateError, NotFoundError, StoreError
+from store.bodies import has_body
 
 T0 = 1_700_000_000.0
 
@@ -62,8 +63,7 @@ async def test_commit_roundtrip_keeps_envelope_and_body(store):
     assert m.recipients[0].orcpt == "rfc822;Bob@Example.NET"
     assert all(r.attempts == 0 and r.final_at is None for r in m.recipients)
     assert store.read_body(m) == body
-    with open(store.body_path(m), "rb") as f:
-        assert f.read() == body
+    assert (await store.fetch_body(m)).read() == body
 
 
 @pytest.mark.parametrize("size", [100, 200_000], ids=["in-memory", "streamed"])
@@ -83,8 +83,7 @@ async def test_blob_read_all_and_prepend_before_commit(store, size):
     m = await store.get_message(qid)
     assert m.envelope.size == len(added) + len(body)
     assert store.read_body(m) == added + body
-    with open(store.body_path(m), "rb") as f:
-        assert f.read() == added + body
+    assert (await store.fetch_body(m)).read() == added + body
 
 
 async def test_ids_are_distinct_and_sort_in_commit_order(store):
@@ -219,16 +218,22 @@ async def test_record_results_per_recipient(store):
 async def test_all_final_removes_body_but_keeps_history(store):
     qid = await commit(store, b"done soon", "a@x.example", "b@x.example")
     [m] = await store.claim_due(T0, 10, "w", 60)
-    path = store.body_path(m)
+    assert (await store.fetch_body(m)).read() == b"done soon"
+    path = m.blob_path              # "" for a body kept inline in the database
     a, b = m.recipients
     await store.record_results(qid, [DeliveryResult(a.id, False, reply="421 busy")],
                                T0 + 1, T0 + 60)
-    assert os.path.exists(path)
+    assert store.read_body(await store.get_message(qid)) == b"done soon"
+    assert not path or os.path.exists(path)
     [m] = await store.claim_due(T0 + 60, 10, "w", 60)
     await store.record_results(qid, [DeliveryResult(a.id, True, reply="250 ok"),
                                       DeliveryResult(b.id, True, reply="250 ok")],
                                T0 + 61, None)
-    assert not os.path.exists(path)
+    assert not path or not os.path.exists(path)
+    with pytest.raises(NotFoundError):
+        store.read_body(await store.get_message(qid))
+    with pytest.raises(NotFoundError):
+        await store.fetch_body(await store.get_message(qid))
     m = await store.get_message(qid)
     assert m is not None
     assert {r.state for r in m.recipients} == {RecipientState.DELIVERED}
@@ -333,7 +338,7 @@ async def test_delete_message(store):
     assert await store.delete_message(qid) is True
     assert await store.delete_message(qid) is False
     assert await store.get_message(qid) is None
-    assert not os.path.exists(store.body_path(m))
+    assert not has_body(store, m)
     assert await store.claim_due(T0 + 1, 10, "w", 60) == []
 
 

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest, RecipientState
+from store.bodies import has_body
 
 T0 = 1_700_000_000.0
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
@@ -45,7 +46,7 @@ async def test_owed_flag_keeps_the_message_and_body_until_the_dsn(store):
     msg = await store.get_message(qid)
     assert [r.dsn_pending for r in msg.recipients] == ["failed", None]
     assert (msg.recipients[0].remote_mta, msg.recipients[0].status) == ("mx.b", "5.1.1")
-    assert os.path.exists(msg.blob_path)
+    assert has_body(store, msg)
     assert [m.queue_id for m in await store.list_messages()] == [qid]   # not complete
     [pending] = await store.pending_dsns()
     assert [r.id for r in pending.recipients] == [b]
@@ -56,7 +57,7 @@ async def test_owed_flag_keeps_the_message_and_body_until_the_dsn(store):
     msg = await store.get_message(qid)
     assert msg.recipients[0].dsn_pending is None
     assert (msg.recipients[0].dsn_sent, msg.recipients[0].dsn_queue_id) == ("failed", dsn_id)
-    assert not os.path.exists(msg.blob_path)                  # complete now
+    assert not has_body(store, msg)                           # complete now
     assert [m.queue_id for m in await store.list_messages()] == [dsn_id]
     dsn = await store.get_message(dsn_id)
     assert dsn.envelope.sender == "" and dsn.envelope.listener == "dsn"
@@ -113,10 +114,11 @@ async def test_clear_dsn_completes_without_sending(store):
     [b] = await ids(store, qid)
     await store.record_results(qid, [DeliveryResult(b, ok=False, permanent=True, reply="550")],
                                T0 + 1, None, dsn={b: "failed"})
-    path = (await store.get_message(qid)).blob_path
+    msg = await store.get_message(qid)
+    assert has_body(store, msg)
     assert await store.clear_dsn(qid, {b: "failed"}, T0 + 2) is True
     assert await store.clear_dsn(qid, {b: "failed"}, T0 + 2) is False
-    assert not os.path.exists(path)
+    assert not has_body(store, msg)
     r = (await store.get_message(qid)).recipients[0]
     assert r.dsn_pending is None and r.dsn_sent == "" and r.dsn_queue_id is None
     assert await store.list_messages() == []

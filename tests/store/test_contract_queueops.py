@@ -8,12 +8,12 @@ actually changed. A quarantined envelope commits with every recipient HELD and i
 claimed until released, which clears its mark."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest, RecipientState
 from mailwright.store.base import AuditRecord, QueueFilter
+from store.bodies import has_body
 
 T0 = 1_700_000_000.0
 BODY = b"Subject: q\r\n\r\nbody\r\n"
@@ -157,7 +157,7 @@ async def test_delete_removes_rows_history_and_body(store):
     assert await store.queue_delete(QueueFilter(sender="alice@example.org")) == [a]
     assert await store.get_message(a) is None
     assert await store.list_attempts(a) == []
-    assert not os.path.exists(store.body_path(msg))
+    assert not has_body(store, msg)
     assert await store.queue_delete(QueueFilter(queue_ids=(a,))) == []
     assert await select(store) == [b]                       # the other one untouched
     assert await store.claim_due(T0 + 100, 10, "w", 60) != []
@@ -185,7 +185,7 @@ async def test_bounce_fails_listed_recipients_and_flags_the_dsn(store):
         assert r.attempts == 0 and r.last_attempt_at is None
     assert by["dan@other.test"].state is DELIVERED
     assert [x.recipient_id for x in await store.list_attempts(a)] == [dan]   # no new rows
-    assert os.path.exists(m.blob_path) and await select(store) == [a]  # a DSN is owed
+    assert has_body(store, m) and await select(store) == [a]  # a DSN is owed
     assert [p.queue_id for p in await store.pending_dsns()] == [a]
     assert await store.queue_bounce({a: {bob: "failed"}}, "550 x", "5.0.0", T0 + 11) \
         == ({a: 0}, [])
@@ -199,7 +199,7 @@ async def test_bounce_without_dsn_completes_the_message(store):
                                     T0 + 10) == ({a: 1}, [])
     assert await select(store) == []
     assert await select(store, state=FAILED) == [a]
-    assert not os.path.exists(store.body_path(msg))
+    assert not has_body(store, msg)
 
 
 async def test_bounce_skips_a_message_under_a_live_lease(store):
@@ -310,7 +310,7 @@ async def test_deleting_a_quarantined_message(store):
     msg = await store.get_message(q)
     assert await store.queue_delete(QueueFilter(quarantined=True, queue_ids=(q, n))) == [q]
     assert await store.get_message(q) is None
-    assert not os.path.exists(store.body_path(msg))
+    assert not has_body(store, msg)
     assert await store.get_message(n) is not None
 
 

@@ -26,8 +26,8 @@ CHILD = textwrap.dedent("""
         return (f"Subject: {tag} {n}\\r\\n\\r\\n".encode()
                 + bytes(range(256)) * (n % 40 + 1) + b"\\r\\n")
 
-    async def main(db, blobs, tag, count, sessions, method):
-        s = SQLiteStore(db, blobs, sync_method=method)
+    async def main(db, blobs, tag, count, sessions, method, inline):
+        s = SQLiteStore(db, blobs, sync_method=method, inline_body_max=inline)
         await s.open()
         counter = iter(range(count))
 
@@ -45,8 +45,8 @@ CHILD = textwrap.dedent("""
         await asyncio.gather(*(session() for _ in range(sessions)))
         await s.close()
 
-    db, blobs, tag, count, sessions, method = sys.argv[1:7]
-    asyncio.run(main(db, blobs, tag, int(count), int(sessions), method))
+    db, blobs, tag, count, sessions, method, inline = sys.argv[1:8]
+    asyncio.run(main(db, blobs, tag, int(count), int(sessions), method, int(inline)))
 """)
 
 
@@ -61,10 +61,10 @@ def child_body(tag: str, n: int) -> bytes:
     return (f"Subject: {tag} {n}\r\n\r\n".encode() + bytes(range(256)) * (n % 40 + 1) + b"\r\n")
 
 
-def spawn(tmp_path, tag, count, sessions, method="fsync"):
+def spawn(tmp_path, tag, count, sessions, method="fsync", inline=65536):
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "queue.db"), str(tmp_path / "blobs"),
-         tag, str(count), str(sessions), method],
+         tag, str(count), str(sessions), method, str(inline)],
         stdout=subprocess.PIPE, text=True)
 
 
@@ -149,8 +149,12 @@ def test_processes_commit_concurrently(tmp_path, runner):
 
 
 @pytest.mark.parametrize("method", ["fsync", "syncfs"])
-def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner, method):
-    p = spawn(tmp_path, "crash", 100_000, 16, method)
+@pytest.mark.parametrize("inline", [0, 65536], ids=["files", "inline"])
+def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner, method,
+                                                               inline):
+    """Bodies as files (inline_body_max = 0) and kept inline in the database (the
+    default for bodies this small: 0.3-10 KB)."""
+    p = spawn(tmp_path, "crash", 100_000, 16, method, inline)
     printed = {}
     try:
         for line in p.stdout:
@@ -182,8 +186,12 @@ def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner,
                 assert m is not None, qid
                 assert s.read_body(m) == child_body("crash", n)
             msgs = await s.list_messages(limit=1_000_000)
-            # every body file belongs to a message row and vice versa; tmp/ is empty
-            assert blob_files(tmp_path) == sorted(m.queue_id for m in msgs)
+            # every body file belongs to a message row and vice versa; every row without
+            # a file has its body inline; tmp/ is empty
+            assert blob_files(tmp_path) == sorted(m.queue_id for m in msgs if m.blob_path)
+            assert all(bool(m.blob_path) == (inline == 0) for m in msgs)
+            for m in msgs:
+                assert s.read_body(m).startswith(b"Subject: crash ")
             assert os.listdir(tmp_path / "blobs" / "tmp") == []
             # committed messages resume: all claimable
             got = await s.claim_due(2**40, 1_000_000, "after-crash", 60)
@@ -193,11 +201,22 @@ def test_kill_9_mid_commit_loses_nothing_that_was_acknowledged(tmp_path, runner,
     runner.run(check())
 
 
-def test_recover_removes_orphans_and_rows_without_body(store, runner, tmp_path):
+@pytest.fixture
+def file_store(tmp_path, runner):
+    """Every body in a file (inline_body_max = 0): what recovery checks on disk."""
+    s = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs", inline_body_max=0)
+    runner.run(s.open())
+    yield s
+    runner.run(s.close())
+
+
+def test_recover_removes_orphans_and_rows_without_body(file_store, runner, tmp_path):
+    store = file_store
+
     async def go():
         keep = await commit(store, b"keep")
         lost = await commit(store, b"lost")
-        os.unlink(store.body_path(await store.get_message(lost)))
+        os.unlink((await store.get_message(lost)).blob_path)
         orphan_id = queueid.new_queue_id()
         d = tmp_path / "blobs" / queueid.fanout(orphan_id)
         d.mkdir(exist_ok=True)
@@ -211,14 +230,16 @@ def test_recover_removes_orphans_and_rows_without_body(store, runner, tmp_path):
     runner.run(go())
 
 
-def test_recover_removes_the_body_of_a_completed_message(store, runner):
+def test_recover_removes_the_body_of_a_completed_message(file_store, runner):
     """A crash between a message's final result and the unlink of its body leaves the
     body behind; recover() finds it by its queue id (not by reading the whole history)
     and removes it, and leaves a queued message's body alone."""
+    store = file_store
+
     async def go():
         done = await commit(store, b"done")
         queued = await commit(store, b"queued")
-        path = store.body_path(await store.get_message(done))
+        path = (await store.get_message(done)).blob_path
         [m] = [m for m in await store.claim_due(2**40, 10, "w", 60) if m.queue_id == done]
         await store.record_results(done, [DeliveryResult(m.recipients[0].id, True,
                                                          reply="250 ok")], 1.0, None)
@@ -238,7 +259,7 @@ def test_recover_removes_the_body_of_a_completed_message(store, runner):
         assert not os.path.exists(path)
         assert (await store.get_message(done)) is not None     # its history stays
         q = await store.get_message(queued)
-        assert os.path.exists(store.body_path(q))
+        assert os.path.exists(q.blob_path)
     runner.run(go())
 
 
@@ -295,7 +316,8 @@ def test_syncfs_recovery_drops_a_body_torn_by_a_crash(tmp_path):
     from mailwright.store.sqlite import SQLiteStore
 
     async def run():
-        store = SQLiteStore(str(tmp_path / "q.db"), str(tmp_path / "blobs"), sync_method="syncfs")
+        store = SQLiteStore(str(tmp_path / "q.db"), str(tmp_path / "blobs"), sync_method="syncfs",
+                            inline_body_max=0)
         await store.open()
         ids = []
         for body in (b"Subject: a\r\n\r\nintact\r\n", b"Subject: b\r\n\r\ntorn\r\n"):
@@ -318,3 +340,47 @@ def test_syncfs_recovery_drops_a_body_torn_by_a_crash(tmp_path):
         assert store.last_recovery.missing_blobs == 1
         await store.close()
     asyncio.run(run())
+
+
+def test_small_bodies_are_kept_inline_and_large_ones_in_files(tmp_path, runner):
+    """inline_body_max decides per body: one still in memory and no larger than it goes
+    into ``bodies`` in the envelope's transaction (no file at all); a larger one, or one
+    streamed to a file, is a file. Completion removes either; claims carry inline bodies."""
+    store = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs", inline_body_max=1000)
+
+    def rows() -> dict[str, int]:
+        c = sqlite3.connect(store.path)
+        try:
+            return dict(c.execute("SELECT queue_id, length(data) FROM bodies"))
+        finally:
+            c.close()
+
+    async def go():
+        await store.open()
+        try:
+            small, medium, large = (b"s" * 1000, b"m" * 1001, os.urandom(200_000))
+            ids = [await commit(store, b) for b in (small, medium, large)]
+            assert rows() == {ids[0]: 1000}
+            assert blob_files(tmp_path) == sorted(ids[1:])
+            msgs = {m.queue_id: m for m in await store.claim_due(2**40, 10, "w", 60)}
+            assert msgs[ids[0]].blob_path == "" and msgs[ids[0]].inline_body == small
+            assert [msgs[q].inline_body for q in ids[1:]] == [None, None]
+            for qid, body in zip(ids, (small, medium, large)):
+                got = await store.fetch_body(msgs[qid])
+                assert got.read() == body and (got.data is not None) == (qid == ids[0])
+                assert store.read_body(await store.get_message(qid)) == body
+            for qid in ids:
+                await store.record_results(qid, [DeliveryResult(
+                    msgs[qid].recipients[0].id, True, reply="250 ok")], 1.0, None)
+            assert rows() == {} and blob_files(tmp_path) == []
+            # recovery does not mistake an inline body for a missing file
+            keep = await commit(store, b"inline and queued")
+            assert await store.recover() == 0
+            assert store.last_recovery.missing_blobs == 0
+            assert store.read_body(await store.get_message(keep)) == b"inline and queued"
+            # a deleted message takes its inline body with it
+            assert await store.delete_message(keep)
+            assert rows() == {}
+        finally:
+            await store.close()
+    runner.run(go())

@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 from ..message import dsn as dsnlib
 from ..queue.model import QueuedMessage, QueuedRecipient, RecipientState
-from ..store.base import AttemptRecord, AuditRecord, QueueFilter, Store
+from ..store.base import AttemptRecord, AuditRecord, NotFoundError, QueueFilter, Store
 from .service import InvalidInput, NotFound, normalise_domain, parse_state
 
 __all__ = ["ACTIONS", "BOUNCE_REPLY", "Outcome", "QueueOps", "make_filter", "parse_duration",
@@ -197,6 +197,18 @@ class QueueOps(AuditedOps):
         if msg is None:
             raise NotFound(f"message {queue_id} is not in the queue")
         return msg, await self.store.list_attempts(msg.queue_id)
+
+    async def body(self, queue_id: str) -> bytes:
+        """The stored message as it will be delivered (the fields added at intake
+        included), wherever the store keeps it: a file, a database row (``postcat -q``)."""
+        msg = await self.store.get_message(queue_id.strip())
+        if msg is None:
+            raise NotFound(f"message {queue_id} is not in the queue")
+        try:
+            return (await self.store.fetch_body(msg)).read()
+        except (NotFoundError, FileNotFoundError):
+            raise NotFound(f"message {msg.queue_id} has no body any more "
+                           "(delivered or bounced; its history is kept)") from None
 
     async def audit(self, limit: int = 100) -> list[AuditRecord]:
         return await self.store.list_audit(limit)

@@ -197,7 +197,8 @@ def message_to_dict(msg: QueuedMessage) -> dict[str, Any]:
     return {
         "queue_id": msg.queue_id,
         "envelope": env,
-        "blob_path": msg.blob_path,
+        "blob_path": msg.blob_path,        # "" when the body is kept in the database
+        "body_inline": not msg.blob_path,
         "recipients": [{**dataclasses.asdict(r), "state": r.state.value}
                        for r in msg.recipients],
     }

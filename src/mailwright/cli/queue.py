@@ -1,7 +1,7 @@
 """``mailwright queue``: list, inspect and control the mail queue (operator actions audited).
 
     mailwright queue list [FILTERS] [--limit N] [--json]
-    mailwright queue show ID [--json]
+    mailwright queue show ID [--json | --body]
     mailwright queue hold|release|retry [ID...] [FILTERS] [--all] [--dry-run] [--json]
     mailwright queue delete [ID...] [--bounce] [FILTERS] [--all] [--dry-run] [--json]
     mailwright queue flush [--dry-run] [--json]
@@ -37,8 +37,11 @@ def register(group: Callable[..., Any], sub: Callable[..., Any]) -> None:
              json_flag=True)
     _filters(ls)
     ls.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
-    sub(qu, "show", "show one message, its recipients and its delivery attempts",
-        cmd_queue_show, json_flag=True).add_argument("queue_id", metavar="ID")
+    sh = sub(qu, "show", "show one message, its recipients and its delivery attempts",
+             cmd_queue_show, json_flag=True)
+    sh.add_argument("queue_id", metavar="ID")
+    sh.add_argument("--body", action="store_true",
+                    help="write the stored message itself to standard output")
     helps = {
         "hold": "hold queued recipients (no delivery until released)",
         "release": "release held recipients for delivery now",
@@ -167,6 +170,16 @@ async def cmd_queue_show(ctx: Any) -> int:
     from ..admin.queue_ops import attempt_to_dict
     from ..admin.service import message_to_dict
     from .main import table, when
+    if ctx.args.body:
+        data = await _ops(ctx).body(ctx.args.queue_id)
+        ctx.out.flush()
+        raw = getattr(ctx.out, "buffer", None)
+        if raw is not None:
+            raw.write(data)                 # the octets as stored: CRLF, 8-bit
+            raw.flush()
+        else:                               # a text stream (tests): one char per octet
+            ctx.out.write(data.decode("latin-1"))
+        return 0
     m, attempts = await _ops(ctx).show(ctx.args.queue_id)
     if ctx.args.json:
         ctx.json({**message_to_dict(m), "attempts": [attempt_to_dict(a) for a in attempts]})

@@ -36,6 +36,8 @@ def open_settings_store(settings: Settings, sync_method: str | None = None) -> A
     paths = settings.paths
     paths.store_db.parent.mkdir(parents=True, exist_ok=True)
     paths.blob_dir.mkdir(parents=True, exist_ok=True)
-    extra = {} if sync_method is None else {"sync_method": sync_method}
+    extra: dict = {"inline_body_max": settings.store.inline_body_max}
+    if sync_method is not None:
+        extra["sync_method"] = sync_method
     return open_store("sqlite", path=str(paths.store_db), blob_dir=str(paths.blob_dir),
                       **extra)

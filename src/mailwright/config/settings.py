@@ -337,6 +337,10 @@ class StoreSettings:
                             doc="How a commit is made durable: 'fsync' each body, directory "
                                 "and the WAL, or one 'syncfs' of the file system per batch; "
                                 "'auto' = syncfs on Linux, else fsync.")
+    inline_body_max: int = _key(65536, conv=_nonneg_int,
+                                doc="sqlite: bodies up to this many octets are kept in the "
+                                    "database, written in the envelope's transaction, instead "
+                                    "of one file each under blob_dir; 0 = every body in a file.")
     # -- backend "postgres" (the cluster; store/postgres.py)
     dsn: str = _key("postgresql://localhost:5432/mailwright", conv=_nonempty_str,
                     doc="postgres: libpq connection URI of the shared database.")

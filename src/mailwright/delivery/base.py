@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from ..queue.body import MessageBody
 from ..queue.model import DeliveryResult, QueuedMessage, QueuedRecipient
 from ..routing.route import Route
 
@@ -22,7 +23,8 @@ class DeliveryTask:
 class DeliveryAgent(Protocol):
     transport: str
 
-    async def deliver(self, message: QueuedMessage, body_path: str,
+    async def deliver(self, message: QueuedMessage, body: MessageBody,
                       tasks: Sequence[DeliveryTask]) -> list[DeliveryResult]:
         """Deliver one message to the given recipients (all of this transport).
+        ``body`` is in memory or in a file (queue/body.py).
         Must return exactly one DeliveryResult per task. Unknown errors are temporary."""

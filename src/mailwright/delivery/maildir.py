@@ -62,6 +62,7 @@ from typing import Awaitable, Protocol, Sequence
 from ..fsutil import fsync_dir, rename_noreplace
 from ..message.headers import quarantine_reason
 from ..message.trace import local_delivery_headers
+from ..queue.body import MessageBody
 from ..queue.model import DeliveryResult, QueuedMessage
 from ..store.base import Mailbox
 from .base import DeliveryTask
@@ -96,12 +97,11 @@ class _Temporary(Exception):
 QUARANTINE_PEEK = 16 * 1024     # our fields come first; this covers them
 
 
-def _quarantined(body_path: str) -> bool:
+def _quarantined(body: MessageBody) -> bool:
     """True if the stored message carries our quarantine field (message/headers.py; it is
     removed from everything that arrives, so only our checks can have set it)."""
     try:
-        with open(body_path, "rb") as f:
-            head = f.read(QUARANTINE_PEEK)
+        head = body.head(QUARANTINE_PEEK)
     except OSError:
         return False            # the write below reports the unreadable body
     return quarantine_reason(head) is not None
@@ -140,12 +140,12 @@ class MaildirAgent:
         self._counter = itertools.count(1)
 
     # ------------------------------------------------------------------ public API
-    async def deliver(self, message: QueuedMessage, body_path: str,
+    async def deliver(self, message: QueuedMessage, body: MessageBody,
                       tasks: Sequence[DeliveryTask]) -> list[DeliveryResult]:
         results: list[DeliveryResult] = []
         for task in tasks:
             try:
-                result = await self._deliver_task(message, body_path, task)
+                result = await self._deliver_task(message, body, task)
             except Exception:  # never raise to the manager; unknown means temporary
                 log.exception("maildir delivery of %s recipient %s failed",
                               message.queue_id, task.recipient.id)
@@ -168,7 +168,7 @@ class MaildirAgent:
         return os.path.join(self.root, domain, user)
 
     # ------------------------------------------------------------------ one recipient
-    async def _deliver_task(self, message: QueuedMessage, body_path: str,
+    async def _deliver_task(self, message: QueuedMessage, body: MessageBody,
                             task: DeliveryTask) -> DeliveryResult:
         rid = task.recipient.id
         mailbox_name = (task.route.mailbox or task.route.address).lower()
@@ -192,7 +192,7 @@ class MaildirAgent:
                          junk_dir=self._folder_dir(maildir, self.junk_folder)
                          if self.junk_folder else "")
         try:
-            reply = await asyncio.to_thread(self._write, target, headers, body_path, quota,
+            reply = await asyncio.to_thread(self._write, target, headers, body, quota,
                                             message.reclaimed)
         except _Temporary as exc:
             return DeliveryResult(rid, ok=False, permanent=False, reply=exc.reply)
@@ -226,10 +226,10 @@ class MaildirAgent:
                 f"R{secrets.token_hex(8)}.{self._name_host}")
 
     # ------------------------------------------------------------------ blocking part
-    def _write(self, target: _Target, headers: bytes, body_path: str, quota: int,
+    def _write(self, target: _Target, headers: bytes, body: MessageBody, quota: int,
                maybe_delivered: bool = True) -> str:
         """Runs in a worker thread. Returns the ok reply; raises _Temporary or OSError."""
-        if target.junk_dir and _quarantined(body_path):
+        if target.junk_dir and _quarantined(body):
             # Our quarantine mark (DMARC p=quarantine, content rules): the Junk folder.
             target = _Target(target.maildir, target.junk_dir, target.base)
         self._ensure_maildir(target.maildir, sub_folder=False)
@@ -238,9 +238,9 @@ class MaildirAgent:
         new_dir = os.path.join(target.folder_dir, "new")
 
         try:
-            body_size = os.stat(body_path).st_size
+            body_size = body.size()
         except OSError as exc:
-            log.error("message body %s unreadable: %s", body_path, exc)
+            log.error("message body %s unreadable: %s", body, exc)
             raise _Temporary(LOCAL_ERROR_REPLY) from exc
         size = len(headers) + body_size
         final_name = f"{target.base},S={size}"
@@ -262,7 +262,7 @@ class MaildirAgent:
 
         tmp_path = os.path.join(target.folder_dir, "tmp", self._tmp_name())
         try:
-            self._write_tmp(tmp_path, headers, body_path, size)
+            self._write_tmp(tmp_path, headers, body, size)
             try:
                 # Into new/ without ever replacing a file: renameat2(RENAME_NOREPLACE),
                 # or link + unlink where that is missing (the Maildir way).
@@ -280,12 +280,16 @@ class MaildirAgent:
             fsync_dir(new_dir)
         return OK_REPLY
 
-    def _write_tmp(self, tmp_path: str, headers: bytes, body_path: str, size: int) -> None:
+    def _write_tmp(self, tmp_path: str, headers: bytes, body: MessageBody, size: int) -> None:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        with os.fdopen(fd, "wb", buffering=0) as out, open(body_path, "rb") as body:
+        with os.fdopen(fd, "wb", buffering=0) as out:
             _write_all(out, headers)
-            while chunk := body.read(CHUNK):
-                _write_all(out, chunk)
+            if body.data is not None:
+                _write_all(out, body.data)
+            else:
+                with body.open() as src:
+                    while chunk := src.read(CHUNK):
+                        _write_all(out, chunk)
             written = out.tell()
             if written != size:  # the blob changed under us: never link a wrong copy
                 raise _Temporary(LOCAL_ERROR_REPLY)

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from ..message.headers import quarantine_reason
 from ..message.trace import local_delivery_headers
+from ..queue.body import MessageBody
 from ..queue.model import DeliveryResult, QueuedMessage
 from ..store.pg_mailbox import MailboxFull
 from .base import DeliveryTask
@@ -43,11 +44,6 @@ FULL_REPLY = "452 4.2.2 Mailbox full"
 LOCAL_ERROR_REPLY = "451 4.3.0 Temporary local delivery error"
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class PgMailboxAgent:
     """See the module docstring. ``store`` is a ``PostgresStore`` (mailbox and
     directory calls)."""
@@ -59,12 +55,13 @@ class PgMailboxAgent:
         self.hostname = hostname
         self.junk_folder = junk_folder
 
-    async def deliver(self, message: QueuedMessage, body_path: str,
+    async def deliver(self, message: QueuedMessage, source: MessageBody,
                       tasks: Sequence[DeliveryTask]) -> list[DeliveryResult]:
         try:
-            body = await asyncio.to_thread(_read, body_path)
+            body = (source.data if source.data is not None
+                    else await asyncio.to_thread(source.read))
         except OSError as exc:
-            log.error("%s: body %s unreadable: %s", message.queue_id, body_path, exc)
+            log.error("%s: body %s unreadable: %s", message.queue_id, source, exc)
             return [DeliveryResult(t.recipient.id, ok=False, permanent=False,
                                    reply=LOCAL_ERROR_REPLY) for t in tasks]
         junk = bool(self.junk_folder) and quarantine_reason(body[:16 * 1024]) is not None

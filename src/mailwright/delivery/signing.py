@@ -1,7 +1,7 @@
 """What we add to a message as it leaves: DKIM signatures and, for forwarded mail, an ARC set.
 
 What: ``OutboundSigner(store, auth_settings, primary_domain, authserv_id)`` is called by the
-SMTP delivery agent once per delivery of a message (``await signer(message, body_path)``)
+SMTP delivery agent once per delivery of a message (``await signer(message, body)``)
 and returns the header fields to put above the stored message (below our Received field).
 
 How:
@@ -35,6 +35,7 @@ from ..config.mailauth import AuthSettings
 from ..mailauth.authresults import parse_authserv_id
 from ..message.headers import field_values
 from ..mailauth.dkim import SigningKey, sign_message
+from ..queue.body import MessageBody
 from ..queue.model import QueuedMessage
 
 log = logging.getLogger("mailwright.delivery.signing")
@@ -81,14 +82,14 @@ class OutboundSigner:
             self._keys, self._loaded_at = keys, now
         return self._keys
 
-    async def __call__(self, message: QueuedMessage, body_path: str) -> bytes:
+    async def __call__(self, message: QueuedMessage, source: MessageBody) -> bytes:
         try:
-            return await self._prefix(message, body_path)
+            return await self._prefix(message, source)
         except Exception:  # noqa: BLE001 - never hold mail back for a signature
             log.exception("%s: signing failed; sending unsigned", message.queue_id)
             return b""
 
-    async def _prefix(self, message: QueuedMessage, body_path: str) -> bytes:
+    async def _prefix(self, message: QueuedMessage, source: MessageBody) -> bytes:
         s = self.settings
         seal = s.arc_seal and self._forwarded(message)
         if not (s.dkim_sign or seal):
@@ -101,11 +102,10 @@ class OutboundSigner:
         if seal_key is None and not (s.dkim_sign and keys):
             return b""      # no key could sign or seal: the message is not even read
         size = message.envelope.size
-        if size <= INLINE_MAX:
-            with open(body_path, "rb") as f:
-                body = f.read()
+        if source.data is not None or size <= INLINE_MAX:
+            body = source.read()
         else:
-            body = await asyncio.to_thread(_read, body_path)
+            body = await asyncio.to_thread(source.read)
         section = _header_section(body)
         out = b""
         if seal_key is not None:
@@ -162,7 +162,3 @@ class OutboundSigner:
                             authserv_id=self.authserv_id, auth_results=results,
                             chain_validation=cv, now=self.clock())
 
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

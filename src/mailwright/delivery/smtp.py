@@ -59,6 +59,7 @@ from ..net.outbound import (
     Timeouts, TlsPolicy, TransactionOutcome, open_session,
 )
 from ..message.trace import received_header
+from ..queue.body import MessageBody
 from ..queue.model import DeliveryResult, QueuedMessage
 from ..smtp.client import xtext
 from ..smtp.replies import Reply
@@ -154,7 +155,7 @@ class SmtpAgent:
                  pool: ConnectionPool | None = None,
                  limiter: DestinationLimiter | None = None,
                  rng: random.Random | None = None,
-                 signer: Callable[[QueuedMessage, str], Awaitable[bytes]] | None = None,
+                 signer: Callable[[QueuedMessage, MessageBody], Awaitable[bytes]] | None = None,
                  sender_rewriter: Callable[[str], str] | None = None
                  ) -> None:
         self.settings = settings
@@ -188,31 +189,31 @@ class SmtpAgent:
         await self.pool.close()
 
     # ------------------------------------------------------------------ public API
-    async def deliver(self, message: QueuedMessage, body_path: str,
+    async def deliver(self, message: QueuedMessage, body: MessageBody,
                       tasks: Sequence[DeliveryTask]) -> list[DeliveryResult]:
         groups: dict[str, list[DeliveryTask]] = defaultdict(list)
         for task in tasks:
             dest = (task.route.next_hop or _domain_of(task.route.address)).lower().rstrip(".")
             groups[dest].append(task)
-        added = await self.signer(message, body_path) if self.signer is not None else b""
+        added = await self.signer(message, body) if self.signer is not None else b""
         if len(groups) == 1:                 # the usual case: no task per destination
             [(dest, group)] = groups.items()
-            outcomes = [await self._guarded(message, body_path, dest, group, added)]
+            outcomes = [await self._guarded(message, body, dest, group, added)]
         else:
             outcomes = await asyncio.gather(
-                *(self._guarded(message, body_path, dest, group, added)
+                *(self._guarded(message, body, dest, group, added)
                   for dest, group in groups.items()))
         by_id = {r.recipient_id: r for results in outcomes for r in results}
         return [by_id[t.recipient.id] for t in tasks]
 
-    async def _guarded(self, message: QueuedMessage, body_path: str, dest: str,
+    async def _guarded(self, message: QueuedMessage, body: MessageBody, dest: str,
                        tasks: list[DeliveryTask], added: bytes = b"") -> list[DeliveryResult]:
         try:
             if self._is_local(dest):
                 log.error("%s: local domain %s routed to SMTP", message.queue_id, dest)
                 return _all(tasks, LOCAL_DOMAIN_REPLY, False)
             async with self.limiter.hold(dest):
-                return await self._deliver_destination(message, body_path, dest, tasks,
+                return await self._deliver_destination(message, body, dest, tasks,
                                                        added)
         except _Fail as f:
             return _all(tasks, f.reply, f.permanent, f.where)
@@ -221,16 +222,16 @@ class SmtpAgent:
             return _all(tasks, LOCAL_ERROR_REPLY, False)
 
     # ------------------------------------------------------------------ one destination
-    async def _deliver_destination(self, message: QueuedMessage, body_path: str, dest: str,
+    async def _deliver_destination(self, message: QueuedMessage, body: MessageBody, dest: str,
                                    tasks: list[DeliveryTask], added: bytes = b""
                                    ) -> list[DeliveryResult]:
         route, policy, fixed_hop = self._destination(dest)
         creds = await self._credentials(route) if route is not None else None
         needs_utf8 = _needs_smtputf8(message, tasks)
         try:
-            size, data = _read_small(body_path)
+            size, data = _read_small(body)
         except OSError as exc:
-            log.error("%s: body %s unreadable: %s", message.queue_id, body_path, exc)
+            log.error("%s: body %s unreadable: %s", message.queue_id, body, exc)
             raise _Fail(LOCAL_ERROR_REPLY, False) from None
 
         failures: list[tuple[_Fail, int]] = []     # (failure, 1 if a server got involved)
@@ -256,7 +257,7 @@ class SmtpAgent:
                     break
                 probed = session.rset_due      # a pooled session, RSET pipelined with MAIL
                 try:
-                    results = await self._transaction(message, body_path, size, needs_utf8,
+                    results = await self._transaction(message, body, size, needs_utf8,
                                                       session, tasks, added, data)
                 finally:
                     self.pool.release(key, session)
@@ -395,7 +396,7 @@ class SmtpAgent:
         return self.resolver
 
     # ------------------------------------------------------------------ the transaction
-    async def _transaction(self, message: QueuedMessage, body_path: str, size: int,
+    async def _transaction(self, message: QueuedMessage, body: MessageBody, size: int,
                            needs_utf8: bool, session: ClientSession,
                            tasks: list[DeliveryTask], added: bytes = b"",
                            data: bytes | None = None) -> list[DeliveryResult] | None:
@@ -441,7 +442,7 @@ class SmtpAgent:
             rcpts.append((task.route.address, params))
         sender = self.sender_rewriter(env.sender) if self.sender_rewriter else env.sender
         outcome = await session.send_message(
-            sender, mail_params, rcpts, _read_body(body_path, trace, data),
+            sender, mail_params, rcpts, _read_body(body, trace, data),
             use_bdat=caps.has("CHUNKING"))
         if outcome.mail is None:
             return None
@@ -504,10 +505,12 @@ def _read_first_line(path: str) -> str:
         return f.readline().rstrip("\r\n")
 
 
-def _read_small(path: str) -> tuple[int, bytes | None]:
+def _read_small(body: MessageBody) -> tuple[int, bytes | None]:
     """(size, content) of the stored body; content None when it is larger than
     ``INLINE_READ_MAX`` (then it is streamed by ``_read_body``). Raises OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if body.data is not None:           # kept inline by the store: already in memory
+        return len(body.data), body.data
+    fd = os.open(body.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if size > INLINE_READ_MAX:
@@ -523,7 +526,7 @@ def _read_small(path: str) -> tuple[int, bytes | None]:
         os.close(fd)
 
 
-async def _read_body(path: str, prefix: bytes = b"", data: bytes | None = None
+async def _read_body(body: MessageBody, prefix: bytes = b"", data: bytes | None = None
                      ) -> AsyncIterator[bytes]:
     """The stored body, after ``prefix``. A small body (most mail) was already read in
     one call from the page cache (``data``, see ``_read_small``), cheaper inline than
@@ -533,7 +536,7 @@ async def _read_body(path: str, prefix: bytes = b"", data: bytes | None = None
     if data is not None:
         yield data
         return
-    f = await asyncio.to_thread(open, path, "rb")
+    f = await asyncio.to_thread(body.open)
     try:
         while chunk := await asyncio.to_thread(f.read, BODY_CHUNK):
             yield chunk
@@ -544,7 +547,7 @@ async def _read_body(path: str, prefix: bytes = b"", data: bytes | None = None
 def build_smtp_agent(settings: OutboundSettings, *, hostname: str,
                      local_domains: Collection[str] | Callable[[str], bool] = (),
                      resolver: MXResolver | None = None,
-                     signer: Callable[[QueuedMessage, str], Awaitable[bytes]] | None = None,
+                     signer: Callable[[QueuedMessage, MessageBody], Awaitable[bytes]] | None = None,
                      sender_rewriter: Callable[[str], str] | None = None
                      ) -> SmtpAgent:
     """The explicit factory the app wires into the queue manager (GUIDE idea 11)."""

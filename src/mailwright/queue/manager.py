@@ -8,7 +8,8 @@ How, per pass (``run_once``):
 1. ``store.claim_due(now, batch, owner, lease_seconds)`` leases messages whose QUEUED
    recipients are due.
 2. Each due recipient is routed (``router.route(address) -> Route | None``) and grouped by
-   ``Route.transport``; each group is one ``agent.deliver(message, body_path, tasks)`` call.
+   ``Route.transport``; each group is one ``agent.deliver(message, body, tasks)`` call, the
+   body from ``store.fetch_body`` (in memory when the store keeps it inline, else a file).
    Agent calls across all claimed messages run concurrently, bounded by a semaphore
    (``concurrency``), each under ``delivery_timeout``.
 3. Results go to ``store.record_results(queue_id, results, now, next_attempt_at)``, which
@@ -25,8 +26,7 @@ or until ``wake()`` — intake calls it after a commit so local delivery is imme
 
 Cluster stores (PostgreSQL; each hook is used only when the store has it): the sleep also
 ends when any node commits or releases work (``store.wait_for_work``, LISTEN/NOTIFY);
-bodies are fetched without blocking the loop (``store.fetch_body_path``,
-``read_body_async``); the leases of messages in delivery are renewed every third of
+bodies are read without blocking the loop (``read_body_async``); the leases of messages in delivery are renewed every third of
 ``lease_seconds`` (``store.renew_leases``), so only a dead node's work is taken over.
 
 Delivery status notifications (RFC 3461, RFC 3464; the report is built by message/dsn.py):
@@ -80,6 +80,7 @@ from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 from ..delivery.base import DeliveryAgent, DeliveryTask
 from ..message import dsn as dsnlib
+from ..queue.body import MessageBody
 from ..queue.model import (
     DeliveryResult, Envelope, QueuedMessage, QueuedRecipient, RecipientRequest,
 )
@@ -102,6 +103,7 @@ ROUTER_ERROR_REPLY = "451 4.3.0 Temporary routing error"
 NO_OUTBOUND_REPLY = "451 4.4.0 No outbound transport configured"
 NO_AGENT_REPLY = "451 4.3.5 No delivery agent configured for this transport"
 AGENT_ERROR_REPLY = "451 4.3.0 Temporary local delivery error"
+BODY_ERROR_REPLY = "451 4.3.0 Message body unavailable"
 AGENT_TIMEOUT_REPLY = "451 4.4.1 Delivery attempt timed out"
 NO_RESULT_REPLY = "451 4.3.0 Delivery agent returned no result"
 EXPIRED_PREFIX = "451 4.4.7 Message expired"
@@ -360,21 +362,31 @@ class QueueManager:
                 assert route is not None
                 groups[route.transport].append(DeliveryTask(message, rcpt, route))
         if groups:
-            fetch = getattr(self.store, "fetch_body_path", None)   # cluster: no blocking read
-            body_path = (await fetch(message) if fetch is not None
-                         else self.store.body_path(message))
-            if len(groups) == 1:        # the usual case: no extra task per transport
+            body = await self._fetch_body(message)
+            if body is None:
+                results.update((t.recipient.id, self._temp(t.recipient, BODY_ERROR_REPLY))
+                               for tasks in groups.values() for t in tasks)
+            elif len(groups) == 1:        # the usual case: no extra task per transport
                 [(transport, tasks)] = groups.items()
-                results.update(await self._call_agent(message, body_path, transport, tasks))
+                results.update(await self._call_agent(message, body, transport, tasks))
             else:
                 outcomes = await asyncio.gather(
-                    *(self._call_agent(message, body_path, transport, tasks)
+                    *(self._call_agent(message, body, transport, tasks)
                       for transport, tasks in groups.items()))
                 for group_results in outcomes:
                     results.update(group_results)
         self._transports[message.queue_id] = {t.recipient.id: transport
                                               for transport, ts in groups.items() for t in ts}
         return [results[r.id] for r in message.recipients]
+
+    async def _fetch_body(self, message: QueuedMessage) -> MessageBody | None:
+        """The body for the agents, or None (logged) when the store cannot give it: its
+        recipients then fail temporarily, as for any unknown error."""
+        try:
+            return await self.store.fetch_body(message)
+        except StoreError as exc:         # NotFoundError included
+            log.error("%s: body unavailable: %s", message.queue_id, exc)
+            return None
 
     async def _route(self, rcpt: QueuedRecipient
                      ) -> tuple[Route | None, DeliveryResult | None]:
@@ -393,7 +405,7 @@ class QueueManager:
             return None, self._temp(rcpt, DEFER_REPLY)
         return route, None
 
-    async def _call_agent(self, message: QueuedMessage, body_path: str, transport: str,
+    async def _call_agent(self, message: QueuedMessage, body: MessageBody, transport: str,
                           tasks: list[DeliveryTask]) -> dict[int, DeliveryResult]:
         agent = self.agents.get(transport)
         if agent is None:
@@ -404,7 +416,7 @@ class QueueManager:
             async with self._semaphore:
                 # asyncio.timeout (3.11) rather than wait_for: no task per delivery
                 async with asyncio.timeout(self.delivery_timeout):
-                    returned = await agent.deliver(message, body_path, tasks)
+                    returned = await agent.deliver(message, body, tasks)
         except TimeoutError:
             log.warning("%s: %s agent timed out", message.queue_id, transport)
             return {t.recipient.id: self._temp(t.recipient, AGENT_TIMEOUT_REPLY) for t in tasks}

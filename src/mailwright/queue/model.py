@@ -101,6 +101,9 @@ class QueuedMessage:
     # Claimed after an earlier claim ended without recording results (crash, lost lease):
     # an attempt may already have delivered, so agents check before delivering again.
     reclaimed: bool = False
+    # The body itself, when the store keeps it inline and read it with the message
+    # (SQLite, small bodies: blob_path is then ""). Otherwise None: see Store.fetch_body.
+    inline_body: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

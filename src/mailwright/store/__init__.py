@@ -38,7 +38,8 @@ def open_store(kind: str, **options: Any) -> Store:
 
     sqlite options: ``path`` (database file), ``blob_dir`` (body directory), and the
     keyword options of ``SQLiteStore`` (``busy_timeout``, ``lock_retry_seconds``,
-    ``sync_method``, ``fsync_threads``, ``max_batch``, ``recover_grace_seconds``).
+    ``sync_method``, ``fsync_threads``, ``max_batch``, ``recover_grace_seconds``,
+    ``inline_body_max``).
     postgres options: ``dsn`` and the keyword options of ``PostgresStore`` (``schema``,
     ``node``, ``cache_dir``, ``pool_size``, ...)."""
     try:

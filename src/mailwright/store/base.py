@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
+from ..queue.body import MessageBody
 from ..queue.model import DeliveryResult, Envelope, QueuedMessage, RecipientState
 
 
@@ -78,7 +79,10 @@ class Store(Protocol):
         the recipient's one delay warning as used)."""
     async def next_due_time(self) -> float | None: ...
     def read_body(self, message: QueuedMessage) -> bytes: ...
-    def body_path(self, message: QueuedMessage) -> str: ...
+    async def fetch_body(self, message: QueuedMessage) -> MessageBody:
+        """The body for delivery agents, in memory (kept inline, or small enough to read
+        at once) or as a local file. Raises NotFoundError when it is gone (completed,
+        deleted) and StoreError when it cannot be read."""
     async def list_messages(self, state: RecipientState | None = None, limit: int = 1000
                             ) -> list[QueuedMessage]: ...
     async def get_message(self, queue_id: str) -> QueuedMessage | None: ...

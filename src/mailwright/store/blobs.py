@@ -76,7 +76,7 @@ class FileBlobWriter:
     """A body being received into ``tmp/``. Satisfies ``base.BlobWriter``."""
 
     __slots__ = ("owner", "tmp_path", "final_path", "queue_id", "_fd", "_buf", "_size", "_state",
-                 "crc")
+                 "crc", "inline")
 
     def __init__(self, owner: "BlobDir", tmp_path: str, fd: int = -1) -> None:
         self.owner = owner
@@ -88,6 +88,7 @@ class FileBlobWriter:
         self._size = 0
         self._state = _OPEN
         self.crc = 0            # CRC-32 of the body, recorded with its row
+        self.inline: bytes | None = None     # set by keep_inline: no file, a database row
 
     @property
     def size(self) -> int:
@@ -224,6 +225,19 @@ class FileBlobWriter:
             finally:
                 view.release()
             self._buf = bytearray()
+
+    def keep_inline(self, queue_id: str) -> bytes:
+        """Committer side, for a body still in memory: it goes into the database with its
+        row (the store's ``bodies`` table) instead of a file. Returns the bytes; the
+        writer is closed (``discard`` then has nothing to remove)."""
+        if self._fd >= 0 or self._state != _SEALED:
+            raise StoreError("only a sealed body still in memory can be kept inline")
+        self.inline = bytes(self._buf)
+        self._buf = bytearray()
+        self.queue_id = queue_id
+        self.tmp_path = ""
+        self._state = _CLOSED
+        return self.inline
 
     def start_writeback(self) -> None:
         """Ask the kernel to start writing the body out now, without waiting. Called for

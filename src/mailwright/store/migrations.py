@@ -40,6 +40,11 @@ Version 9 adds ``messages.quarantine``: the reason a message is held in quaranti
 
 Version 10 drops the unused index ``trace_sender`` (see the step).
 
+Version 11 adds ``bodies(queue_id → messages, data)``: bodies kept inline (up to
+``inline_body_max`` octets), committed in the same transaction as their envelope; such a
+message has ``blob = ''``. The row goes when the message completes (as a body file is
+unlinked then) or with its message.
+
 Version 6 adds ``trace_events(at, kind, session_id, queue_id, message_id, sender,
 recipients, client_ip, data JSON)``: the message trace (one row per SMTP transaction
 outcome; recipients space-separated and lower-cased, between spaces, for LIKE queries).
@@ -222,6 +227,14 @@ MIGRATIONS: list[list[str]] = [
     # index and the two make a BitmapOr.)
     [
         "DROP INDEX IF EXISTS trace_sender",
+    ],
+    # 10 -> 11: small bodies inline (``SQLiteStore.inline_body_max``): written in the
+    # transaction of their envelope, so a message costs no file to create, rename and
+    # unlink. ``messages.blob`` is '' for them. A rowid table, not WITHOUT ROWID: its
+    # rows are kilobytes (SQLite advises WITHOUT ROWID only for rows under ~1/20 page).
+    [
+        "CREATE TABLE bodies (queue_id TEXT PRIMARY KEY"
+        " REFERENCES messages (queue_id) ON DELETE CASCADE, data BLOB NOT NULL)",
     ],
 ]
 

@@ -79,6 +79,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, T
 
 import asyncpg
 
+from ..queue.body import MessageBody
 from ..queue.model import (
     check_dsn_actions, is_complete, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage,
     QueuedRecipient, RecipientRequest, RecipientState,
@@ -779,6 +780,14 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
         if chunks is None:
             raise NotFoundError(f"no body for {message.queue_id}")
         return b"".join(chunks)
+
+    async def fetch_body(self, message: QueuedMessage) -> MessageBody:
+        """See ``base.Store``: this node's local copy of the body, fetched into the cache
+        first if it has none. NotFoundError when the body is gone (completed, deleted)."""
+        path = await self.fetch_body_path(message)
+        if not os.path.exists(path):
+            raise NotFoundError(f"no body for {message.queue_id}")
+        return MessageBody.in_file(path)
 
     async def fetch_body_path(self, message: QueuedMessage) -> str:
         """``body_path`` without blocking the event loop."""

@@ -1,4 +1,5 @@
-"""The embedded default backend: SQLite (WAL) for envelopes and state, files for bodies.
+"""The embedded default backend: SQLite (WAL) for envelopes, state and small bodies,
+files for the others.
 
 What: ``SQLiteStore(path, blob_dir)`` implements ``base.Store``. Several worker
 processes may open the same database and blob directory at once, each with its own
@@ -27,9 +28,17 @@ How:
     it when the spool has its own file system. Needs Linux >= 5.8 for syncfs to
     report writeback errors.
 
-  Then all envelopes and recipients go in ONE transaction and only then are the
-  sessions' futures resolved. If that transaction fails, the items are retried one
-  per transaction, so one bad item fails alone.
+  A body still in memory at commit and no larger than ``inline_body_max`` (64 KiB by
+  default: most mail) gets no file at all: it is inserted into ``bodies`` with its
+  envelope (schema 11) and ``messages.blob`` is ''. Creating, renaming and unlinking a
+  file per message cost more CPU than everything else the store does for it (ext4
+  inode allocation alone: ~6 % of a worker's time under load; docs/performance.md).
+  Claims read these bodies with the messages (``QueuedMessage.inline_body``), so local
+  delivery needs no file either; ``fetch_body`` gives agents a ``MessageBody``.
+
+  Then all envelopes, recipients and inline bodies go in ONE transaction and only then
+  are the sessions' futures resolved. If that transaction fails, the items are retried
+  one per transaction, so one bad item fails alone.
 * Reads run on a single reader thread with its own connection (WAL readers never
   block the writer); they are not hot, RCPT lookups use an in-memory snapshot.
 * Leases: ``claim_due`` sets ``lease_owner``/``lease_expires`` on the messages it
@@ -38,11 +47,12 @@ How:
 Invariants:
 
 * A message row exists only if its body was fsync'd and linked (and the directory
-  fsync'd) before the row's transaction committed.
+  fsync'd) before the row's transaction committed, or its body is in ``bodies``,
+  committed by that same transaction.
 * A message whose recipients are all final and owe no DSN gets ``completed_at`` in the
-  same transaction as the last result (or as the commit of its last DSN); its body is
-  unlinked after that commit (``recover`` finishes the job if we crash in between). Rows
-  are kept for history.
+  same transaction as the last result (or as the commit of its last DSN); an inline
+  body row is deleted in that transaction, a body file unlinked after that commit
+  (``recover`` finishes the job if we crash in between). Rows are kept for history.
 * DSN bookkeeping (schema 3): ``record_results(..., dsn=...)`` sets ``dsn_pending`` in the
   result's transaction; ``commit_dsn`` inserts the DSN message and clears exactly those
   flags in one transaction of the group commit (a ``(envelope, blob, after)`` payload
@@ -65,6 +75,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..fsutil import unlink_quiet
+from ..queue.body import MessageBody
 from ..queue.model import (
     check_dsn_actions, is_complete, FINAL_STATES, DeliveryResult, Envelope, QueuedMessage,
     QueuedRecipient, RecipientRequest, RecipientState,
@@ -83,6 +94,10 @@ log = logging.getLogger("mailwright.store")
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _FINAL_SQL = "('delivered', 'failed')"
 _CHUNK = 500
+#: Default ``inline_body_max``: the writer's buffer (blobs.BUFFER_SIZE), so every body the
+#: session never had to spill to a file is kept inline. SQLite reads blobs of this size
+#: faster from the database than from files of their own (sqlite.org/intern-v-extern-blob).
+INLINE_BODY_MAX = 64 * 1024
 
 
 class _Redo(Exception):
@@ -144,7 +159,8 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str], *,
                  busy_timeout: float = 5.0, lock_retry_seconds: float = 30.0,
                  sync_method: str = "fsync", fsync_threads: int = 1, max_batch: int = 1000,
-                 recover_grace_seconds: float = 3600.0) -> None:
+                 recover_grace_seconds: float = 3600.0,
+                 inline_body_max: int = INLINE_BODY_MAX) -> None:
         self.path = os.fspath(path)
         self.blobs = BlobDir(blob_dir)
         self.busy_timeout = busy_timeout
@@ -161,6 +177,8 @@ class SQLiteStore:
         self.fsync_threads = fsync_threads
         self.max_batch = max_batch
         self.recover_grace_seconds = recover_grace_seconds
+        # Bodies up to this size that are still in memory at commit go into ``bodies``.
+        self.inline_body_max = inline_body_max
         self.last_recovery: RecoveryReport | None = None
         self._writer: GroupCommitter | None = None
         self._fsync_pool: ThreadPoolExecutor | None = None
@@ -452,7 +470,8 @@ class SQLiteStore:
         torn = []
         for qid, rel, size, crc in c.execute(
                 "SELECT queue_id, blob, size, body_crc FROM messages"
-                " WHERE completed_at IS NULL AND body_crc IS NOT NULL AND created_at >= ?",
+                " WHERE completed_at IS NULL AND body_crc IS NOT NULL AND blob != ''"
+                " AND created_at >= ?",
                 (newest - window,)):
             if rel in files and self.blobs.checksum(rel) != (size, crc & 0xFFFFFFFF):
                 torn.append(qid)
@@ -467,8 +486,9 @@ class SQLiteStore:
                 tmp_removed += 1
 
         def fn(c: sqlite3.Connection) -> tuple[int, int, list[str]]:
-            active = dict(c.execute(
-                "SELECT blob, queue_id FROM messages WHERE completed_at IS NULL"))
+            active = dict(c.execute(     # inline bodies ('') commit with their rows
+                "SELECT blob, queue_id FROM messages WHERE completed_at IS NULL"
+                " AND blob != ''"))
             files = dict(self.blobs.list_final())
             # Of the files no queued message owns, those of completed messages (a crash
             # between the result and the unlink): looked up by queue id (the file's name),
@@ -537,11 +557,14 @@ class SQLiteStore:
     def _commit_batch(self, conn: sqlite3.Connection, items: list[Pending]) -> None:
         """Writer thread: make a batch of bodies durable, then their rows (one txn).
 
-        1. every body gets its final name (a small body still in memory is created there
-           directly; a streamed one is renamed from tmp/);
-        2. one ``syncfs`` for the batch, or an fsync of every body and of every touched
-           directory (``sync_method``);
-        3. all envelopes and recipients in one transaction (below)."""
+        1. a small body still in memory (up to ``inline_body_max``) is kept inline: it is
+           inserted with its envelope in step 3, no file. Every other body gets its final
+           name (one still in memory is created there directly; a streamed one is renamed
+           from tmp/);
+        2. one ``syncfs`` for the batch, or an fsync of every body file and of every
+           touched directory (``sync_method``);
+        3. all envelopes, recipients and inline bodies in one transaction (below), whose
+           flush (syncfs, or the WAL's fsync) makes the inline bodies durable with it."""
         touched = self._publish(items)
         if self._syncfs:
             # Bodies are only written here; the syncfs that follows the row commit (in
@@ -556,7 +579,8 @@ class SQLiteStore:
                     item.payload[1].sync_and_close()
                 except OSError as exc:
                     item.error = StoreError(f"cannot sync message body: {exc.strerror}")
-            live = [item for item in items if item.error is None]
+            live = [item for item in items
+                    if item.error is None and item.payload[1].inline is None]
             for item in live:
                 item.payload[1].start_writeback()
             if self._fsync_pool is not None and len(live) > 1:
@@ -606,13 +630,19 @@ class SQLiteStore:
                 blob.discard()
 
     def _publish(self, items: list[Pending]) -> dict[str, list[Pending]]:
-        """Give each body that is still fine its final name; returns the touched
-        directories and their items."""
+        """Keep each small body still in memory inline; give every other body that is
+        still fine its final name. Returns the touched directories and their items."""
         touched: dict[str, list[Pending]] = {}
         for item in items:
             if item.error is not None:
                 continue
             blob: FileBlobWriter = item.payload[1]
+            if blob.in_memory and blob.size <= self.inline_body_max:
+                # A queue id taken already (two processes drawing the same microsecond
+                # and the same 25 random bits, queueid.py) fails the PRIMARY KEY insert:
+                # the batch is redone one by one and this message alone gets a 451.
+                blob.keep_inline(new_queue_id())
+                continue
             for _ in range(8):
                 try:
                     dirs = self.blobs.publish(blob, new_queue_id())
@@ -632,15 +662,18 @@ class SQLiteStore:
                          created: float) -> None:
         msgs = []
         rcpts = []
+        bodies = []
         for item in items:
             env: Envelope = item.payload[0]
             blob: FileBlobWriter = item.payload[1]
             qid = blob.queue_id
+            if blob.inline is not None:
+                bodies.append((qid, blob.inline))
             msgs.append((qid, env.sender, env.received_at, env.client_ip, env.client_port,
                          env.client_name, env.helo, env.protocol, env.tls, env.auth_user,
                          env.body_type, int(env.smtputf8), env.ret, env.envid, blob.size,
-                         env.listener, self.blobs.relpath(qid), created, env.quarantine,
-                         blob.crc))
+                         env.listener, "" if blob.inline is not None else self.blobs.relpath(qid),
+                         created, env.quarantine, blob.crc))
             state = "held" if env.quarantine else "queued"     # quarantine: all HELD
             for r in env.recipients:
                 rcpts.append((qid, r.address, _encode_notify(r.notify), r.orcpt, state,
@@ -649,17 +682,21 @@ class SQLiteStore:
                          f"({','.join('?' * 20)})", msgs)
         conn.executemany("INSERT INTO recipients (queue_id, address, notify, orcpt, state, "
                          "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)", rcpts)
+        if bodies:
+            conn.executemany("INSERT INTO bodies (queue_id, data) VALUES (?, ?)", bodies)
         for item in items:
             if len(item.payload) > 2:    # commit_dsn: clear the owed flags in this txn
                 item.payload[2](conn, item.payload[1].queue_id)
 
     # ------------------------------------------------------------------ loading
     def _load(self, conn: sqlite3.Connection, queue_ids: Sequence[str],
-              keep: Callable[[QueuedRecipient], bool] | None = None) -> list[QueuedMessage]:
+              keep: Callable[[QueuedRecipient], bool] | None = None,
+              bodies: bool = False) -> list[QueuedMessage]:
         """Messages in ``queue_ids`` order; ``keep`` filters ``recipients`` (the envelope
-        always lists all of them)."""
+        always lists all of them). ``bodies``: also read the inline bodies (for delivery)."""
         rows: dict[str, tuple] = {}
         rcpts: dict[str, list[QueuedRecipient]] = {}
+        inline: dict[str, bytes] = {}
         for i in range(0, len(queue_ids), _CHUNK):
             part = list(queue_ids[i:i + _CHUNK])
             marks = ",".join("?" * len(part))
@@ -674,6 +711,9 @@ class SQLiteStore:
                     next_attempt_at=r[7], last_attempt_at=r[8], last_reply=r[9],
                     final_at=r[10], remote_mta=r[11], status=r[12], dsn_pending=r[13],
                     dsn_delayed=bool(r[14]), dsn_sent=r[15], dsn_queue_id=r[16]))
+            if bodies:
+                inline.update(conn.execute(
+                    f"SELECT queue_id, data FROM bodies WHERE queue_id IN ({marks})", part))
         out = []
         for qid in queue_ids:
             row = rows.get(qid)
@@ -687,8 +727,10 @@ class SQLiteStore:
                 envid=row[13], size=row[14], listener=row[15], quarantine=row[18],
                 recipients=[RecipientRequest(r.address, r.notify, r.orcpt) for r in all_r])
             out.append(QueuedMessage(
-                queue_id=qid, envelope=env, blob_path=self.blobs.path(row[16]),
-                recipients=[r for r in all_r if keep is None or keep(r)]))
+                queue_id=qid, envelope=env,
+                blob_path=self.blobs.path(row[16]) if row[16] else "",
+                recipients=[r for r in all_r if keep is None or keep(r)],
+                inline_body=inline.get(qid)))
         return out
 
     # ------------------------------------------------------------------ queue
@@ -719,7 +761,7 @@ class SQLiteStore:
                           " WHERE queue_id = ?",
                           [(owner, now + lease_seconds, q) for q in ids])
             out = self._load(c, ids, lambda r: r.state is RecipientState.QUEUED
-                             and r.next_attempt_at <= now)
+                             and r.next_attempt_at <= now, bodies=True)
             # A lease still held (expired) means an earlier claim never recorded its
             # results: that attempt may have delivered (agents then check, idempotently).
             reclaimed = {qid for qid, lease_owner in rows if lease_owner is not None}
@@ -794,8 +836,18 @@ class SQLiteStore:
                       " completed_at = CASE WHEN ? THEN COALESCE(completed_at, ?)"
                       " ELSE completed_at END WHERE queue_id = ?", (done, now, queue_id))
             if done:
-                remove.append(blob)
+                self._drop_body(c, queue_id, blob, remove)
         await self._write(fn)
+
+    @staticmethod
+    def _drop_body(c: sqlite3.Connection, queue_id: str, blob: str,
+                   remove: list[str]) -> None:
+        """The message is complete: its inline body row goes in this transaction, a body
+        file after the commit (``remove``)."""
+        if blob:
+            remove.append(blob)
+        else:
+            c.execute("DELETE FROM bodies WHERE queue_id = ?", (queue_id,))
 
     @staticmethod
     def _complete_if_done(c: sqlite3.Connection, queue_id: str, now: float) -> bool:
@@ -818,7 +870,7 @@ class SQLiteStore:
             ids = [r[0] for r in c.execute(
                 "SELECT DISTINCT queue_id FROM recipients WHERE dsn_pending IS NOT NULL"
                 " ORDER BY queue_id LIMIT ?", (limit,))]
-            return self._load(c, ids, lambda r: r.dsn_pending is not None)
+            return self._load(c, ids, lambda r: r.dsn_pending is not None, bodies=True)
         return await self._read(fn)
 
     def _settle_dsn(self, c: sqlite3.Connection, source_queue_id: str,
@@ -840,7 +892,7 @@ class SQLiteStore:
             row = c.execute("SELECT blob FROM messages WHERE queue_id = ?",
                             (source_queue_id,)).fetchone()
             if row is not None:
-                remove.append(row[0])
+                self._drop_body(c, source_queue_id, row[0], remove)
 
     async def commit_dsn(self, envelope: Envelope, blob: FileBlobWriter,  # type: ignore[override]
                          source_queue_id: str, covered: Mapping[int, str], now: float
@@ -904,16 +956,41 @@ class SQLiteStore:
         return await self._read(fn)
 
     def read_body(self, message: QueuedMessage) -> bytes:
+        """The body (blocking: a file read, or a query on a connection of its own)."""
+        if message.inline_body is not None:
+            return message.inline_body
+        if not message.blob_path:
+            conn = self._connect()
+            try:
+                return self._inline_body(conn, message.queue_id)
+            finally:
+                conn.close()
         try:
-            with open(self.body_path(message), "rb") as f:
+            with open(message.blob_path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
             raise NotFoundError(f"no body for {message.queue_id}") from None
         except OSError as exc:
             raise StoreError(f"cannot read body of {message.queue_id}: {exc.strerror}") from exc
 
-    def body_path(self, message: QueuedMessage) -> str:
-        return message.blob_path
+    async def fetch_body(self, message: QueuedMessage) -> MessageBody:
+        """See ``base.Store``: an inline body in memory (read with the claim, or now), a
+        body file as its path (agents read or stream it)."""
+        if message.inline_body is not None:
+            return MessageBody.in_memory(message.inline_body)
+        if message.blob_path:
+            if not os.path.exists(message.blob_path):
+                raise NotFoundError(f"no body for {message.queue_id}")
+            return MessageBody.in_file(message.blob_path)
+        data = await self._read(lambda c: self._inline_body(c, message.queue_id))
+        return MessageBody.in_memory(data)
+
+    @staticmethod
+    def _inline_body(c: sqlite3.Connection, queue_id: str) -> bytes:
+        row = c.execute("SELECT data FROM bodies WHERE queue_id = ?", (queue_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no body for {queue_id}")
+        return row[0]
 
     async def list_messages(self, state: RecipientState | None = None, limit: int = 1000
                             ) -> list[QueuedMessage]:
@@ -960,7 +1037,8 @@ class SQLiteStore:
             if row is None:
                 return False
             c.execute("DELETE FROM messages WHERE queue_id = ?", (queue_id,))
-            remove.append(row[0])
+            if row[0]:                  # an inline body went with the row (cascade)
+                remove.append(row[0])
             return True
         return await self._write(fn)
 
@@ -1090,7 +1168,7 @@ class SQLiteStore:
             for qid in ids:
                 row = c.execute("DELETE FROM messages WHERE queue_id = ? RETURNING blob",
                                 (qid,)).fetchone()
-                if row is not None:
+                if row is not None and row[0]:     # an inline body: gone by cascade
                     remove.append(row[0])
             self._write_audit(c, audit, ids)
             return ids
@@ -1124,7 +1202,7 @@ class SQLiteStore:
                         (reply, status, now, action, rid, qid)).rowcount
                 done[qid] = n
                 if n and self._complete_if_done(c, qid, now):
-                    remove.append(row[0])
+                    self._drop_body(c, qid, row[0], remove)
             self._write_audit(c, audit, [q for q, n in done.items() if n])
             return done, skipped
         return await self._write(fn)
