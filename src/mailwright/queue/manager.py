@@ -26,8 +26,9 @@ or until ``wake()`` — intake calls it after a commit so local delivery is imme
 
 Cluster stores (PostgreSQL; each hook is used only when the store has it): the sleep also
 ends when any node commits or releases work (``store.wait_for_work``, LISTEN/NOTIFY);
-bodies are read without blocking the loop (``read_body_async``); the leases of messages in delivery are renewed every third of
-``lease_seconds`` (``store.renew_leases``), so only a dead node's work is taken over.
+bodies are read without blocking the loop (``fetch_body``, ``read_body_async``); the leases
+of messages in delivery are renewed every third of ``lease_seconds``
+(``store.renew_leases``), so only a dead node's work is taken over.
 
 Delivery status notifications (RFC 3461, RFC 3464; the report is built by message/dsn.py):
 * Owed, decided with each result by ``dsn.owed_action`` from the recipient's NOTIFY, and
