@@ -384,3 +384,31 @@ def test_small_bodies_are_kept_inline_and_large_ones_in_files(tmp_path, runner):
         finally:
             await store.close()
     runner.run(go())
+
+
+def test_file_bodies_from_before_inline_storage_are_still_delivered(tmp_path, runner):
+    """An existing queue (bodies as files: inline_body_max = 0, as every queue before
+    schema 11) opened with inline bodies on: its messages keep their files until they
+    complete, new small ones go inline, and recovery mixes the two without loss."""
+    async def go():
+        old = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs", inline_body_max=0)
+        await old.open()
+        before = await commit(old, b"queued before the upgrade")
+        await old.close()
+        store = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs")
+        await store.open()
+        try:
+            after = await commit(store, b"queued after it")
+            assert await store.recover() == 0
+            msgs = {m.queue_id: m for m in await store.claim_due(2**40, 10, "w", 60)}
+            assert msgs[before].blob_path and msgs[before].inline_body is None
+            assert msgs[after].blob_path == "" and msgs[after].inline_body is not None
+            assert (await store.fetch_body(msgs[before])).read() == b"queued before the upgrade"
+            assert (await store.fetch_body(msgs[after])).read() == b"queued after it"
+            for qid in (before, after):
+                await store.record_results(qid, [DeliveryResult(
+                    msgs[qid].recipients[0].id, True, reply="250 ok")], 1.0, None)
+            assert blob_files(tmp_path) == []
+        finally:
+            await store.close()
+    runner.run(go())
