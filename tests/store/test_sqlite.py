@@ -13,6 +13,7 @@ import pytest
 
 from mailwright.queue.model import DeliveryResult, Envelope, RecipientRequest
 from mailwright.store import migrations, queueid
+from mailwright.store.blobs import BlobDir
 from mailwright.store.sqlite import SQLiteStore
 
 # A child process that commits messages with several concurrent sessions and prints
@@ -411,4 +412,51 @@ def test_file_bodies_from_before_inline_storage_are_still_delivered(tmp_path, ru
             assert blob_files(tmp_path) == []
         finally:
             await store.close()
+    runner.run(go())
+
+
+def test_syncfs_mode_flushes_the_wal_alone_when_no_body_file_waits(tmp_path, runner,
+                                                                  monkeypatch):
+    """sync_method syncfs: a batch that wrote a body file gets a syncfs (bodies, names
+    and WAL in one flush); one that changed only the database (an inline body, a
+    result) gets fdatasync of the WAL; the first flush after open (the schema check's) is a
+    syncfs, so the WAL's own directory entry is durable."""
+    import mailwright.store.sqlite as sqlite_mod
+    flushes: list[str] = []
+    real_syncfs, real_fdatasync = BlobDir.syncfs_fd, os.fdatasync
+
+    def syncfs_fd(fd):
+        flushes.append("syncfs")
+        real_syncfs(fd)
+
+    def fdatasync(fd):
+        flushes.append("wal" if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal")
+                       else "other")
+        real_fdatasync(fd)
+    monkeypatch.setattr(BlobDir, "syncfs_fd", staticmethod(syncfs_fd))
+    monkeypatch.setattr(sqlite_mod.os, "fdatasync", fdatasync)
+    store = SQLiteStore(tmp_path / "queue.db", tmp_path / "blobs", sync_method="syncfs",
+                        inline_body_max=1000)
+
+    async def go():
+        await store.open()
+        try:
+            assert flushes[0] == "syncfs"                    # the first flush after open
+            flushes.clear()
+            small = await commit(store, b"small")            # inline only: the WAL
+            await commit(store, b"small again")
+            assert flushes == ["wal", "wal"]
+            flushes.clear()
+            await commit(store, b"x" * 5000)                 # a body file: syncfs
+            await commit(store, b"small")                    # nothing waits: the WAL
+            assert flushes == ["syncfs", "wal"]
+            [m] = [m for m in await store.claim_due(2**40, 10, "w", 60)
+                   if m.queue_id == small]
+            flushes.clear()
+            await store.record_results(small, [DeliveryResult(m.recipients[0].id, True,
+                                                              reply="250 ok")], 1.0, None)
+            assert flushes == ["wal"]                        # a result: the WAL
+        finally:
+            await store.close()
+        return flushes
     runner.run(go())

