@@ -29,12 +29,15 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..queue.model import QueuedMessage, RecipientState
 from ..store.base import DkimKey, DuplicateError, Mailbox, NotFoundError, Store
 from ..smtp.sasl import derive_scram_verifier
 from .passwords import hash_password, verify_password
+
+if TYPE_CHECKING:                 # queue_ops imports this module
+    from .queue_ops import QueueOps
 
 __all__ = [
     "AdminService", "AdminError", "InvalidInput", "NotFound", "AlreadyExists", "Conflict",
@@ -543,7 +546,7 @@ class AdminService:
             raise NotFound(f"message {queue_id} is not in the queue")
 
     def queue_ops(self, *, user: str | None = None,
-                  wake: "Callable[[], bool] | None" = None) -> "QueueOps":
+                  wake: Callable[[], bool] | None = None) -> QueueOps:
         """Filtered, audited queue actions (admin/queue_ops.py) on behalf of ``user``
         (default: the OS user); ``wake`` pokes a running server after a change."""
         from .queue_ops import QueueOps

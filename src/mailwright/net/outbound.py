@@ -541,7 +541,7 @@ class ClientSession:
         except SessionError as exc:
             out.error = exc
             self.close()
-        except Exception as exc:  # noqa: BLE001 - e.g. the body file is unreadable
+        except Exception:  # noqa: BLE001 - e.g. the body file is unreadable
             log.exception("transaction with %s failed", self.peer)
             # Close without the final dot: a partial message must never be accepted.
             out.error = _local(451, "4.3.0", "Local error while sending the message",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..routing.directory import Directory, Kind, Resolution
+from ..routing.directory import Kind, Resolution
 from ..smtp import catalog
 from ..smtp.events import Address
 from .context import SessionInfo, TransactionInfo, parse_ip

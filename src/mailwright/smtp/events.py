@@ -8,7 +8,7 @@ input stays buffered, so replies always leave in command order (RFC 2920 §3.1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class _Sentinel:

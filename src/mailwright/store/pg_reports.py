@@ -9,7 +9,7 @@ ones a queued report covered (``delete_dmarc_results``, durable).
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
 
