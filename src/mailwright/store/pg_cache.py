@@ -1,7 +1,8 @@
 """The local body cache of a PostgreSQL store node: files delivery agents can open.
 
-What: bodies live in PostgreSQL (table ``bodies``) where every node can read them, but
-delivery agents take a file path (``Store.body_path``). ``BodyCache`` keeps local copies
+What: bodies live in PostgreSQL (table ``bodies``) where every node can read them; this
+store hands them to delivery agents as local files (``fetch_body`` → ``MessageBody``
+with a path; ``body_path`` for synchronous callers). ``BodyCache`` keeps local copies
 under ``cache_dir`` with the layout of ``blobs.BlobDir``::
 
     cache_dir/tmp/<random>          bodies being received, and cache files being written

@@ -4,7 +4,8 @@ What: ``PostgresStore(dsn, schema=..., node=..., cache_dir=...)`` implements
 ``base.Store`` with the semantics of ``SQLiteStore`` (the same contract tests), for
 several nodes sharing one database. Additions for a cluster: ``renew_leases``,
 ``wait_for_work`` (LISTEN/NOTIFY), ``heartbeat`` and ``cluster_status``,
-``cleanup_cache``, and the async body helpers ``read_body_async``/``fetch_body_path``.
+``cleanup_cache``, and the async body helpers ``read_body_async``/``fetch_body_path``
+(``fetch_body`` wraps the latter's file in a ``MessageBody``).
 
 How:
 
@@ -19,15 +20,16 @@ How:
   ``PgBlobWriter`` (memory, spilled to ``cache_dir/tmp`` past 64 KiB). ``commit_message``
   stores the body in the ``bodies`` table (bytea, 1 MiB chunks) in the SAME transaction
   as the message and recipient rows, so every node can read it and there is no
-  file-system step to order against the database. Delivery agents want a file:
-  ``body_path`` returns a local cache copy, ``cache_dir/<fanout>/<queue_id>``. The
-  receiving node keeps the copy it already has (written, or renamed from its spill
-  file, on a thread while the transaction runs; dropped if the commit fails); any
-  other node materialises it on demand from the database (temp file, then rename).
-  The copy is removed when this node completes the message, by ``cleanup_cache``
-  (messages completed elsewhere) or by ``recover``. ``read_body`` reads the copy,
-  else the database. Both are synchronous (the protocol's signature): the database
-  read runs on the fetcher's own thread and connection.
+  file-system step to order against the database. Delivery agents get a file from this
+  store (``fetch_body``, ``body_path``): a local cache copy,
+  ``cache_dir/<fanout>/<queue_id>``. The receiving node keeps the copy it already has
+  (written, or renamed from its spill file, on a thread while the transaction runs;
+  dropped if the commit fails); any other node materialises it on demand from the
+  database (temp file, then rename). The copy is removed when this node completes the
+  message, by ``cleanup_cache`` (messages completed elsewhere) or by ``recover``.
+  ``read_body`` reads the copy, else the database. ``read_body`` and ``body_path`` are
+  synchronous (``read_body`` by the protocol's signature): their database read runs on
+  the fetcher's own thread and connection.
 * Group commit (``pg_commit``): concurrent ``commit_message`` calls are batched; a batch
   is ONE transaction (one multi-row INSERT per table from arrays, the NOTIFY, COMMIT),
   and every caller returns after that COMMIT. If a batch fails for a reason other than
