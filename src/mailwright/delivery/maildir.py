@@ -282,14 +282,10 @@ class MaildirAgent:
 
     def _write_tmp(self, tmp_path: str, headers: bytes, body: MessageBody, size: int) -> None:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        with os.fdopen(fd, "wb", buffering=0) as out:
+        with os.fdopen(fd, "wb", buffering=0) as out, body.open() as src:
             _write_all(out, headers)
-            if body.data is not None:
-                _write_all(out, body.data)
-            else:
-                with body.open() as src:
-                    while chunk := src.read(CHUNK):
-                        _write_all(out, chunk)
+            while chunk := src.read(CHUNK):
+                _write_all(out, chunk)
             written = out.tell()
             if written != size:  # the blob changed under us: never link a wrong copy
                 raise _Temporary(LOCAL_ERROR_REPLY)

@@ -24,7 +24,6 @@ Why not Maildir on shared storage, why not LMTP: docs/architecture.md, "Cluster"
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Sequence
 
@@ -58,8 +57,7 @@ class PgMailboxAgent:
     async def deliver(self, message: QueuedMessage, source: MessageBody,
                       tasks: Sequence[DeliveryTask]) -> list[DeliveryResult]:
         try:
-            body = (source.data if source.data is not None
-                    else await asyncio.to_thread(source.read))
+            body = await source.read_async()
         except OSError as exc:
             log.error("%s: body %s unreadable: %s", message.queue_id, source, exc)
             return [DeliveryResult(t.recipient.id, ok=False, permanent=False,

@@ -102,10 +102,7 @@ class OutboundSigner:
         if seal_key is None and not (s.dkim_sign and keys):
             return b""      # no key could sign or seal: the message is not even read
         size = message.envelope.size
-        if source.data is not None or size <= INLINE_MAX:
-            body = source.read()
-        else:
-            body = await asyncio.to_thread(source.read)
+        body = source.read() if size <= INLINE_MAX else await source.read_async()
         section = _header_section(body)
         out = b""
         if seal_key is not None:

@@ -6,7 +6,8 @@ in the same transaction as the envelope) hands over the bytes it read with the c
 a body kept as a file (large ones, and every body of a store without inline bodies)
 is handed over as its path and read or streamed by the agent.
 
-How: agents never care which: ``size()``, ``read()``, ``open()`` (a binary file object:
+How: agents never care which: ``size()``, ``read()``, ``read_async()`` (a file is read on
+a thread, bytes in memory are returned at once), ``open()`` (a binary file object:
 ``io.BytesIO`` over the bytes, or the file) and ``head(n)`` work on both. ``path`` is ""
 for a body in memory; ``str(body)`` names it for log lines.
 
@@ -15,6 +16,7 @@ Invariants: immutable; reading a file-backed body raises ``OSError`` like ``open
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from dataclasses import dataclass
@@ -46,6 +48,12 @@ class MessageBody:
             return self.data
         with open(self.path, "rb") as f:
             return f.read()
+
+    async def read_async(self) -> bytes:
+        """``read()`` without blocking the event loop on a file."""
+        if self.data is not None:
+            return self.data
+        return await asyncio.to_thread(self.read)
 
     def open(self) -> BinaryIO:
         """A binary file object positioned at the start (close it when done)."""

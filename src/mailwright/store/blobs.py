@@ -226,10 +226,10 @@ class FileBlobWriter:
                 view.release()
             self._buf = bytearray()
 
-    def keep_inline(self, queue_id: str) -> bytes:
+    def keep_inline(self, queue_id: str) -> None:
         """Committer side, for a body still in memory: it goes into the database with its
-        row (the store's ``bodies`` table) instead of a file. Returns the bytes; the
-        writer is closed (``discard`` then has nothing to remove)."""
+        row (the store's ``bodies`` table, from ``inline``) instead of a file. The writer
+        is closed (``discard`` then has nothing to remove)."""
         if self._fd >= 0 or self._state != _SEALED:
             raise StoreError("only a sealed body still in memory can be kept inline")
         self.inline = bytes(self._buf)
@@ -237,7 +237,6 @@ class FileBlobWriter:
         self.queue_id = queue_id
         self.tmp_path = ""
         self._state = _CLOSED
-        return self.inline
 
     def start_writeback(self) -> None:
         """Ask the kernel to start writing the body out now, without waiting. Called for

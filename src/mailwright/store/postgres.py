@@ -786,19 +786,25 @@ class PostgresStore(DirectoryOps, TraceOps, ReportOps, MailboxOps, SlotOps, Queu
     async def fetch_body(self, message: QueuedMessage) -> MessageBody:
         """See ``base.Store``: this node's local copy of the body, fetched into the cache
         first if it has none. NotFoundError when the body is gone (completed, deleted)."""
-        path = await self.fetch_body_path(message)
-        if not os.path.exists(path):
+        path = await self._local_copy(message)
+        if path is None:
             raise NotFoundError(f"no body for {message.queue_id}")
         return MessageBody.in_file(path)
 
     async def fetch_body_path(self, message: QueuedMessage) -> str:
         """``body_path`` without blocking the event loop."""
+        return await self._local_copy(message) or self.blobs.path(message.queue_id)
+
+    async def _local_copy(self, message: QueuedMessage) -> str | None:
+        """The path of this node's copy of the body, written from the database first if
+        there is none; None when the database has no body either."""
         path = self.blobs.path(message.queue_id)
         if await asyncio.to_thread(os.path.exists, path):
             return path
         chunks = await self._fetch_chunks(message.queue_id)
-        if chunks is not None:
-            await asyncio.to_thread(self._store_copy, message.queue_id, chunks)
+        if chunks is None:
+            return None
+        await asyncio.to_thread(self._store_copy, message.queue_id, chunks)
         return path
 
     async def _fetch_chunks(self, queue_id: str) -> list[bytes] | None:

@@ -705,11 +705,13 @@ class SQLiteStore:
             qid = blob.queue_id
             if blob.inline is not None:
                 bodies.append((qid, blob.inline))
+                relpath = ""                        # the body is in ``bodies``
+            else:
+                relpath = self.blobs.relpath(qid)
             msgs.append((qid, env.sender, env.received_at, env.client_ip, env.client_port,
                          env.client_name, env.helo, env.protocol, env.tls, env.auth_user,
                          env.body_type, int(env.smtputf8), env.ret, env.envid, blob.size,
-                         env.listener, "" if blob.inline is not None else self.blobs.relpath(qid),
-                         created, env.quarantine, blob.crc))
+                         env.listener, relpath, created, env.quarantine, blob.crc))
             state = "held" if env.quarantine else "queued"     # quarantine: all HELD
             for r in env.recipients:
                 rcpts.append((qid, r.address, _encode_notify(r.notify), r.orcpt, state,
